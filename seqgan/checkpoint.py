@@ -1,0 +1,92 @@
+"""Self-contained checkpoint bundles, written atomically and loaded without unpickling code.
+
+A bundle is one ``torch.save`` file of plain data: tensors, numbers, strings, lists and dicts. It holds
+
+    format       "seqgan-studio/1"
+    kind         "oracle" | "tokens" | "text" | "music"  (what the token ids mean)
+    role         "latest" | "mle" | "seqgan"             (which generator this file is meant to serve)
+    config       the training configuration (a dict)
+    position     {"unit": next schedule unit to run, "total": units in the schedule}
+    generator, discriminator            state dicts
+    optimizers   {"mle", "pg", "d"}     optimizer state dicts
+    rng          {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
+    tokenizer    uint8 tensor of the tokenizer's bytes, or None
+    extra        a dict of plain metadata for the task (e.g. where the oracle lives)
+
+Loading always uses ``weights_only=True``: a file that needs anything else is refused, so a tampered or
+foreign upload cannot run code. The same file resumes training, samples, downloads and uploads.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+FORMAT = "seqgan-studio/1"
+REQUIRED_KEYS = ("format", "kind", "config", "generator")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` so that readers see either the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def bundle_bytes(bundle: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(bundle, buffer)
+    return buffer.getvalue()
+
+
+def save_bundle(bundle: dict, path: str | os.PathLike) -> None:
+    atomic_write_bytes(path, bundle_bytes(bundle))
+
+
+def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_location="cpu") -> dict:
+    """Load and check a bundle from a path or from uploaded bytes; any problem is an ``InputError``."""
+    if isinstance(source, (bytes, bytearray)):
+        name = name or "uploaded checkpoint"
+        if not source:
+            raise InputError(name, "the file is empty")
+        stream = io.BytesIO(source)
+    else:
+        name = name or str(source)
+        if not Path(source).is_file():
+            raise InputError(name, "no such checkpoint file")
+        stream = source
+    try:
+        bundle = torch.load(stream, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(name, f"not a SeqGAN Studio checkpoint or the file is damaged ({first_line[:200]})") from None
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise InputError(name, f"not a SeqGAN Studio checkpoint (expected format {FORMAT!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in bundle]
+    if missing:
+        raise InputError(name, f"checkpoint is missing {', '.join(missing)}")
+    return bundle
+
+
+def tokenizer_tensor(data: bytes | None):
+    return None if data is None else torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+
+
+def tokenizer_bytes(bundle: dict) -> bytes | None:
+    t = bundle.get("tokenizer")
+    return None if t is None else bytes(t.numpy().tobytes())

@@ -1,0 +1,259 @@
+"""The ``seqgan`` command line: train | sample | bleu | oracle nll | oracle run.
+
+Every training option is a field of ``TrainConfig`` (``--mle-epochs 120``, ``--d-filter-sizes 1 2 3`` ...).
+Errors about the user's input print one line naming the problem and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import SeqGANError
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch's intra-op threads. Default 1 on a CPU: on small machines, 2 threads measured up to 14x slower
+    than 1 when the other core was busy (see BENCHMARKS.md). Set --threads or SEQGAN_THREADS to change it."""
+    threads = threads or int(os.environ.get("SEQGAN_THREADS", "1"))
+    torch.set_num_threads(max(1, threads))
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig
+
+    group = parser.add_argument_group("training configuration (defaults: the original SeqGAN code)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name.startswith("d_filter") or f.name.startswith("d_num"):
+            group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            group.add_argument(flag, dest=f.name, type=kind, default=None)
+
+
+def config_overrides(args) -> dict:
+    from .train import TrainConfig
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if getattr(args, f.name, None) is not None}
+
+
+# ----- seqgan train ---------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .checkpoint import load_bundle
+    from .oracle import load_oracle, oracle_evaluator, random_oracle, read_token_file, save_oracle, write_token_file
+    from .runs import RunDir
+    from .train import TrainConfig, Trainer, resolve_device
+
+    run = RunDir(args.run_dir)
+    if args.resume:
+        saved = run.read_json(run.config)
+        if saved is None:
+            raise SeqGANError(f"{run.config}: cannot resume, the run directory has no readable config.json")
+        config = TrainConfig.from_dict(saved["config"])
+        if args.device:
+            config.device = args.device
+        task = saved["task"]
+    else:
+        if run.config.exists():
+            raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
+        config = TrainConfig(**config_overrides(args))
+        if args.data:
+            train = read_token_file(args.data)
+            config.seq_len = train.shape[1]
+            if args.vocab_size is None:
+                config.vocab_size = int(train.max()) + 1
+            task = {"kind": "tokens", "source": str(args.data)}
+        else:
+            task = {"kind": "oracle", "oracle_params": args.oracle_params, "num_train": args.num_train}
+        config.validate()
+        run.create()
+        if args.data:
+            generator = torch.Generator().manual_seed(config.seed)
+            order = torch.randperm(len(train), generator=generator)
+            n_test = int(len(train) * args.test_fraction)
+            write_token_file(train[order[n_test:]], run.path / "train.txt")
+            write_token_file(train[order[:n_test]], run.path / "heldout.txt")
+        else:
+            oracle = load_oracle(args.oracle_params) if args.oracle_params else \
+                random_oracle(config.seed, config.vocab_size)
+            torch.manual_seed(config.seed)
+            write_token_file(oracle.sample(args.num_train, config.seq_len), run.path / "train.txt")
+            write_token_file(oracle.sample(min(args.num_train, 2000), config.seq_len), run.path / "heldout.txt")
+            save_oracle(oracle, run.path / "oracle.pt")
+        run.write_json(run.config, {"config": config.to_dict(), "task": task})
+
+    device = resolve_device(config.device)
+    train = read_token_file(run.path / "train.txt", config.vocab_size)
+    heldout_path = run.path / "heldout.txt"
+    heldout = read_token_file(heldout_path, config.vocab_size).to(device) if heldout_path.stat().st_size else None
+    if task["kind"] == "oracle":
+        oracle = load_oracle(run.path / "oracle.pt").to(device)
+        evaluate = oracle_evaluator(oracle, config.eval_samples, config.seq_len, heldout)
+    else:
+        from .oracle import nll_under
+        evaluate = (lambda g, rng: {"nll_test": nll_under(g, heldout)}) if heldout is not None else None
+
+    def show(event):
+        if not args.quiet:
+            fields = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in event.items() if k not in ("time", "unit"))
+            print(fields, flush=True)
+
+    trainer = Trainer(config, train, run, evaluate, show, kind=task["kind"], extra={"task": task})
+    if args.resume:
+        latest = run.checkpoint("latest")
+        if latest.exists():
+            trainer.restore(load_bundle(latest))
+            print(f"resuming at unit {trainer.unit} of {len(trainer.schedule)}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())
+    try:
+        state = trainer.run()
+    except KeyboardInterrupt:
+        trainer.save("latest")
+        run.update_status(state="stopped")
+        state = "stopped"
+    except Exception as exc:
+        run.update_status(state="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    print(f"{state}: {run.path}", flush=True)
+    return 0
+
+
+# ----- seqgan sample --------------------------------------------------------------------------------------
+def cmd_sample(args) -> int:
+    from .checkpoint import load_bundle
+    from .models import Generator
+
+    bundle = load_bundle(args.checkpoint)
+    c = bundle["config"]
+    generator = Generator(c["vocab_size"], c["g_emb_dim"], c["g_hidden_dim"], c["start_token"])
+    generator.load_state_dict(bundle["generator"])
+    generator.eval()
+    rng = torch.Generator().manual_seed(args.seed)
+    prefix = torch.tensor([int(x) for x in args.prefix.split()]) if args.prefix else None
+    samples = generator.sample(args.num, c["seq_len"], args.temperature, prefix=prefix, generator=rng)
+    for row in samples.tolist():
+        print(" ".join(map(str, row)))
+    return 0
+
+
+# ----- seqgan bleu ----------------------------------------------------------------------------------------
+def read_lines(path: str) -> list[list[str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise SeqGANError(f"{path}: no such file")
+    try:
+        lines = [line.split() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise SeqGANError(f"{path}: not UTF-8 text") from None
+    if not lines:
+        raise SeqGANError(f"{path}: has no non-empty lines")
+    return lines
+
+
+def cmd_bleu(args) -> int:
+    from .metrics import BleuScorer
+
+    scorer = BleuScorer(read_lines(args.refs), max_n=args.n)
+    print(f"{scorer.corpus(read_lines(args.hyps), args.n):.6f}")
+    return 0
+
+
+# ----- seqgan oracle --------------------------------------------------------------------------------------
+def cmd_oracle_nll(args) -> int:
+    from .oracle import load_oracle, nll_under, read_token_file
+
+    oracle = load_oracle(args.params)
+    tokens = read_token_file(args.file, oracle.vocab_size)
+    print(f"{nll_under(oracle, tokens):.6f}")
+    return 0
+
+
+def cmd_oracle_run(args) -> int:
+    from .experiments import markdown_table, run_oracle_experiment
+
+    overrides = config_overrides(args)
+    overrides.pop("seed", None)
+    device = overrides.pop("device", "auto")
+    out = Path(args.out or f"results/oracle-{args.preset}")
+    table = run_oracle_experiment(args.preset, args.seeds, out, args.oracle_params, device,
+                                  args.models, log=lambda m: print(m, flush=True), **overrides)
+    print(markdown_table(table, args.preset, args.seeds))
+    print(f"written: {out}/table1.md, {out}/table1.json, {out}/figure2.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .experiments import MODELS, PRESETS
+
+    parser = argparse.ArgumentParser(prog="seqgan", description="SeqGAN Studio command line")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1; SEQGAN_THREADS)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train SeqGAN (and its MLE baseline) into a run directory")
+    train.add_argument("--run-dir", required=True)
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from latest.pt")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--data", help="token-id file: one sequence a line, ids separated by spaces")
+    source.add_argument("--oracle-params", help="synthetic task with this oracle (.pkl of the paper or .pt)")
+    train.add_argument("--num-train", type=int, default=10_000, help="oracle samples to train on")
+    train.add_argument("--test-fraction", type=float, default=0.1, help="held out of --data for NLL-test")
+    train.add_argument("--quiet", action="store_true")
+    add_config_options(train)
+    train.set_defaults(func=cmd_train)
+
+    sample = sub.add_parser("sample", help="generate sequences from a checkpoint")
+    sample.add_argument("--checkpoint", required=True)
+    sample.add_argument("-n", "--num", type=int, default=10)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--prefix", default="", help="token ids to continue, e.g. '3 17'")
+    sample.set_defaults(func=cmd_sample)
+
+    bleu = sub.add_parser("bleu", help="BLEU-n of hypothesis lines against reference lines (last line: score)")
+    bleu.add_argument("--refs", required=True)
+    bleu.add_argument("--hyps", required=True)
+    bleu.add_argument("-n", type=int, default=4)
+    bleu.set_defaults(func=cmd_bleu)
+
+    oracle = sub.add_parser("oracle", help="the synthetic-oracle experiment (paper Table 1)")
+    osub = oracle.add_subparsers(dest="oracle_command", required=True)
+    nll = osub.add_parser("nll", help="mean per-token NLL of FILE's sequences under an oracle (last line)")
+    nll.add_argument("--params", required=True, help="oracle parameters: the paper's .pkl or our .pt")
+    nll.add_argument("file")
+    nll.set_defaults(func=cmd_oracle_nll)
+    run = osub.add_parser("run", help="train Random, MLE, SS, PG-BLEU and SeqGAN; write Table 1 and Figure 2")
+    run.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    run.add_argument("--seeds", type=int, nargs="+", default=[1])
+    run.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    run.add_argument("--oracle-params", help="the paper's oracle (target_params.pkl); default: random per seed")
+    run.add_argument("--out", help="output folder (default results/oracle-PRESET)")
+    add_config_options(run)
+    run.set_defaults(func=cmd_oracle_run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    try:
+        return args.func(args)
+    except SeqGANError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad values that reached a library check
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The paper's synthetic-data experiment (Table 1 and Figure 2): Random, MLE, SS, PG-BLEU and SeqGAN.
+
+For each seed: an oracle (the paper's, or random N(0, 1) from the seed) draws the training set (10,000
+sequences) and a held-out set; then
+
+    Random    the untrained generator (the SeqGAN run's evaluation before training)
+    MLE       the generator at the end of maximum-likelihood pre-training (the SeqGAN run's ``mle.pt``)
+    SeqGAN    the full schedule: MLE, discriminator pre-training, adversarial training
+    PG-BLEU   from the same MLE generator, policy gradient whose rewards are BLEU against the training data
+    SS        maximum likelihood with scheduled sampling (Bengio et al. 2015) for the same number of epochs
+
+Each model is scored by NLL-oracle (lower is better). Presets: ``paper`` is the original schedule; ``cpu``
+fits one seed in well under 30 minutes on a 2-core CPU (see ``PRESETS`` for what it reduces).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_bundle
+from .metrics import BleuScorer
+from .oracle import (PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator, random_oracle,
+                     save_oracle, write_token_file)
+from .runs import RunDir
+from .train import TrainConfig, Trainer, resolve_device
+
+MODELS = ("Random", "MLE", "SS", "PG-BLEU", "SeqGAN")
+PAPER_TABLE1 = {"Random": 10.310, "MLE": 9.038, "SS": 8.985, "PG-BLEU": 8.946, "SeqGAN": 8.736}
+
+# What the cpu preset reduces, and by how much, relative to the paper's schedule (TrainConfig defaults).
+PRESETS = {
+    "paper": dict(num_train=10_000),
+    "cpu": dict(
+        num_train=10_000,
+        mle_epochs=50,              # paper 120: the log shows MLE within 0.05 of its end value by epoch 50
+        d_pretrain_rounds=10,       # paper 50
+        num_negatives=5_000,        # paper 10,000 per discriminator round
+        d_filter_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20],
+        d_num_filters=[25, 50, 50, 50, 50, 25, 25, 25, 25, 25, 40, 40],  # a quarter of the paper's 1,720 maps
+        adv_iters=60,               # paper 200
+        d_steps=2,                  # paper 5 discriminator rounds per adversarial iteration
+        rollouts=16,
+        eval_samples=5_000,         # paper ~10,000
+        eval_every=5,
+    ),
+}
+
+
+def preset_config(preset: str, seed: int, device: str = "auto", **overrides) -> tuple[TrainConfig, int]:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    settings = {**PRESETS[preset], **overrides}
+    num_train = settings.pop("num_train")
+    config = TrainConfig(vocab_size=PAPER_VOCAB, seq_len=PAPER_SEQ_LEN, seed=seed, device=device, **settings)
+    return config.validate(), num_train
+
+
+def bleu_reward(references: torch.Tensor, n: int):
+    """PG-BLEU's reward: BLEU-n of each completion against the whole training set."""
+    scorer = BleuScorer(references.tolist(), max_n=n)
+
+    def reward(tokens: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(scorer.sentences(tokens.tolist(), n), dtype=torch.float32, device=tokens.device)
+
+    return reward
+
+
+def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = None, device: str = "auto",
+             models=MODELS, log=print, **overrides) -> dict:
+    """Train every model for one seed; returns {model: final NLL-oracle} plus the curves."""
+    config, num_train = preset_config(preset, seed, device, **overrides)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    oracle = load_oracle(oracle_params) if oracle_params else random_oracle(seed)
+    torch.manual_seed(seed)
+    train = oracle.sample(num_train, config.seq_len)
+    heldout = oracle.sample(min(num_train, 2_000), config.seq_len)
+    save_oracle(oracle, out_dir / "oracle.pt")
+    write_token_file(train, out_dir / "train.txt")
+    write_token_file(heldout, out_dir / "heldout.txt")
+    on = resolve_device(config.device)
+    evaluator = oracle_evaluator(oracle.to(on), config.eval_samples, config.seq_len, heldout.to(on))
+
+    curves: dict[str, list] = {}
+    results: dict[str, float] = {}
+
+    def collect(name):
+        def callback(event):
+            if "nll_oracle" in event:
+                curves.setdefault(name, []).append([event["unit"] + 1, event["nll_oracle"]])
+                log(f"[seed {seed}] {name:7s} {event['phase']:11s} {event['step']:4d}/{event['total']:<4d} "
+                    f"nll_oracle={event['nll_oracle']:.4f}")
+        return callback
+
+    started = time.time()
+    seqgan_dir = RunDir(out_dir / "seqgan")
+    if {"Random", "MLE", "SeqGAN", "PG-BLEU"} & set(models):
+        schedule_mle_end = config.mle_epochs
+        seqgan_config = config if "SeqGAN" in models else replace(config, d_pretrain_rounds=0, adv_iters=0)
+        trainer = Trainer(seqgan_config, train, seqgan_dir, evaluator, collect("SeqGAN"), kind="oracle",
+                          extra={"oracle": "../oracle.pt"})
+        trainer.run()
+        seqgan_curve = curves.pop("SeqGAN")
+        curves["Random"] = seqgan_curve[:1]
+        curves["MLE"] = [p for p in seqgan_curve if p[0] <= schedule_mle_end]
+        if "SeqGAN" in models:
+            curves["SeqGAN"] = [p for p in seqgan_curve if p[0] >= schedule_mle_end]
+            results["SeqGAN"] = seqgan_curve[-1][1]
+        results["Random"], results["MLE"] = curves["Random"][0][1], curves["MLE"][-1][1]
+        log(f"[seed {seed}] MLE and SeqGAN done in {time.time() - started:.0f} s")
+
+    if "PG-BLEU" in models:
+        pg_config = replace(config, reward="bleu")
+        trainer = Trainer(pg_config, train, RunDir(out_dir / "pg_bleu"), evaluator, collect("PG-BLEU"),
+                          reward_fn=bleu_reward(train, pg_config.bleu_n), kind="oracle")
+        trainer.restore(load_bundle(seqgan_dir.checkpoint("mle")), position=config.mle_epochs, weights_only=True)
+        trainer.run()
+        results["PG-BLEU"] = curves["PG-BLEU"][-1][1]
+        log(f"[seed {seed}] PG-BLEU done at {time.time() - started:.0f} s")
+
+    if "SS" in models:
+        ss_config = replace(config, scheduled_sampling=0.25, d_pretrain_rounds=0, adv_iters=0)
+        trainer = Trainer(ss_config, train, RunDir(out_dir / "ss"), evaluator, collect("SS"), kind="oracle")
+        trainer.run()
+        results["SS"] = curves["SS"][-1][1]
+        log(f"[seed {seed}] SS done at {time.time() - started:.0f} s")
+
+    results = {m: results[m] for m in MODELS if m in results}
+    summary = {"seed": seed, "preset": preset, "config": config.to_dict(), "nll_oracle": results,
+               "oracle_self_nll": nll_under(oracle, heldout), "curves": curves,
+               "seconds": time.time() - started}
+    (out_dir / "result.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def summarize(summaries: list[dict]) -> dict:
+    """Mean and sample standard deviation of each model's final NLL-oracle over seeds."""
+    table = {}
+    for model in MODELS:
+        values = [s["nll_oracle"][model] for s in summaries if model in s["nll_oracle"]]
+        if values:
+            table[model] = {"mean": statistics.fmean(values),
+                            "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    return table
+
+
+def markdown_table(table: dict, preset: str, seeds: list[int]) -> str:
+    lines = [f"NLL-oracle (lower is better), preset `{preset}`, seeds {', '.join(map(str, seeds))}",
+             "", "| Model | NLL-oracle (mean ± sd) | paper |", "|---|---|---|"]
+    for model, row in table.items():
+        lines.append(f"| {model} | {row['mean']:.3f} ± {row['sd']:.3f} | {PAPER_TABLE1[model]:.3f} |")
+    if "MLE" in table and "SeqGAN" in table:
+        gap = [m - s for m, s in zip(table["MLE"]["values"], table["SeqGAN"]["values"])]
+        lines += ["", f"MLE − SeqGAN per seed: {', '.join(f'{g:+.3f}' for g in gap)}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(summaries: list[dict], path: Path) -> None:
+    """Figure 2: NLL-oracle over the schedule for every model (mean over seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for model in MODELS:
+        series = [s["curves"][model] for s in summaries if model in s["curves"]]
+        if not series or model == "Random":
+            continue
+        steps = [p[0] for p in series[0]]
+        means = [statistics.fmean(c[i][1] for c in series if i < len(c)) for i in range(len(steps))]
+        ax.plot(steps, means, label=model, marker="." if len(steps) < 60 else None)
+    if summaries and "MLE" in summaries[0]["curves"]:
+        ax.axvline(summaries[0]["config"]["mle_epochs"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("MLE epochs, then adversarial iterations (discriminator pre-training not shown)")
+    ax.set_ylabel("NLL-oracle")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_oracle_experiment(preset: str, seeds: list[int], out_dir: str | Path, oracle_params: str | None = None,
+                          device: str = "auto", models=MODELS, log=print, **overrides) -> dict:
+    out_dir = Path(out_dir)
+    summaries = [run_seed(preset, seed, out_dir / f"seed{seed}", oracle_params, device, models, log, **overrides)
+                 for seed in seeds]
+    table = summarize(summaries)
+    (out_dir / "table1.md").write_text(markdown_table(table, preset, seeds))
+    (out_dir / "table1.json").write_text(json.dumps({"preset": preset, "seeds": seeds, "table": table}, indent=1))
+    plot_curves(summaries, out_dir / "figure2.png")
+    return table

@@ -1,0 +1,180 @@
+"""The synthetic oracle of the paper's Table 1: a fixed random LSTM that plays the real data.
+
+The oracle ("target LSTM") is exactly the network of ``../shared/seqgan-reference/README.md``:
+
+    x_0 = E[0], h = c = 0                     (token 0 starts every sequence and is also an ordinary token)
+    i = sigmoid(x Wi + h Ui + bi)     f = sigmoid(x Wf + h Uf + bf)     o = sigmoid(x Wog + h Uog + bog)
+    c = f * c + i * tanh(x Wc + h Uc + bc)    h = o * tanh(c)           p(next) = softmax(h Wo + bo)
+
+That is an ordinary LSTM language model, so the oracle *is* a ``Generator`` whose weights are those arrays
+(PyTorch's gate order is i, f, g, o and it multiplies by W transposed). A random oracle draws every parameter
+from N(0, 1) as the paper does; the paper's own oracle loads from its 15-array pickle through an unpickler
+that admits numpy arrays and nothing else.
+
+NLL-oracle = mean over all tokens of -log p_oracle(token | prefix), for sequences drawn from the model under
+test. Token-id files hold one sequence a line, ids separated by spaces (the original repository's format).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import atomic_write_bytes
+from .errors import InputError
+from .models import Generator
+
+ARRAY_NAMES = ("E", "Wi", "Ui", "bi", "Wf", "Uf", "bf", "Wog", "Uog", "bog", "Wc", "Uc", "bc", "Wo", "bo")
+PAPER_VOCAB, PAPER_SEQ_LEN, PAPER_DIM = 5000, 20, 32
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and refuses every other global, so a hostile pickle cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
+        if module == "numpy.core.multiarray":  # Python-2 era name; numpy 2 moved it
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def load_oracle_arrays(path: str | Path) -> list[np.ndarray]:
+    """The 15 oracle arrays from the paper's pickle (Python 2 or 3) or from our own ``.pt`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such oracle parameter file")
+    data = path.read_bytes()
+    try:
+        if data[:2] == b"PK":  # a torch zip file: our own format
+            saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            arrays = [saved[name].numpy() for name in ARRAY_NAMES]
+        else:
+            arrays = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as exc:
+        raise InputError(path, f"cannot read oracle parameters ({exc})") from None
+    if not isinstance(arrays, (list, tuple)) or len(arrays) != len(ARRAY_NAMES):
+        raise InputError(path, f"expected a list of {len(ARRAY_NAMES)} arrays ({', '.join(ARRAY_NAMES)})")
+    arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
+    vocab, dim = arrays[0].shape
+    hidden = arrays[1].shape[1]
+    if arrays[13].shape != (hidden, vocab) or arrays[14].shape != (vocab,):
+        raise InputError(path, "array shapes do not fit the oracle's equations")
+    return arrays
+
+
+def oracle_from_arrays(arrays: list[np.ndarray]) -> Generator:
+    E, Wi, Ui, bi, Wf, Uf, bf, Wog, Uog, bog, Wc, Uc, bc, Wo, bo = (torch.from_numpy(np.array(a)) for a in arrays)
+    vocab, emb = E.shape
+    hidden = Ui.shape[0]
+    oracle = Generator(vocab, emb, hidden, start_token=0)
+    with torch.no_grad():
+        oracle.embedding.weight.copy_(E)
+        oracle.lstm.weight_ih_l0.copy_(torch.cat([Wi.T, Wf.T, Wc.T, Wog.T]))
+        oracle.lstm.weight_hh_l0.copy_(torch.cat([Ui.T, Uf.T, Uc.T, Uog.T]))
+        oracle.lstm.bias_ih_l0.copy_(torch.cat([bi, bf, bc, bog]))
+        oracle.lstm.bias_hh_l0.zero_()
+        oracle.output.weight.copy_(Wo.T)
+        oracle.output.bias.copy_(bo)
+    return oracle.eval().requires_grad_(False)
+
+
+def random_oracle(seed: int, vocab_size: int = PAPER_VOCAB, emb_dim: int = PAPER_DIM,
+                  hidden_dim: int = PAPER_DIM) -> Generator:
+    """A fresh oracle with every parameter drawn from N(0, 1), as in the paper."""
+    rng = torch.Generator().manual_seed(seed)
+    oracle = Generator(vocab_size, emb_dim, hidden_dim, start_token=0)
+    with torch.no_grad():
+        for p in oracle.parameters():
+            p.copy_(torch.randn(p.shape, generator=rng))
+        oracle.lstm.bias_hh_l0.zero_()  # the equations have one bias per gate
+    return oracle.eval().requires_grad_(False)
+
+
+def oracle_arrays(oracle: Generator) -> dict[str, torch.Tensor]:
+    """The oracle as the 15 named arrays of the equations (inverse of ``oracle_from_arrays``)."""
+    H = oracle.hidden_dim
+    w_ih, w_hh = oracle.lstm.weight_ih_l0.detach(), oracle.lstm.weight_hh_l0.detach()
+    bias = (oracle.lstm.bias_ih_l0 + oracle.lstm.bias_hh_l0).detach()
+    gate = {name: k for k, name in enumerate(("i", "f", "c", "og"))}
+    out = {"E": oracle.embedding.weight.detach().clone()}
+    for name in ("i", "f", "og", "c"):
+        rows = slice(gate[name] * H, (gate[name] + 1) * H)
+        out[f"W{name}"] = w_ih[rows].T.contiguous()
+        out[f"U{name}"] = w_hh[rows].T.contiguous()
+        out[f"b{name}"] = bias[rows].clone()
+    out["Wo"] = oracle.output.weight.detach().T.contiguous()
+    out["bo"] = oracle.output.bias.detach().clone()
+    return {name: out[name] for name in ARRAY_NAMES}
+
+
+def save_oracle(oracle: Generator, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(oracle_arrays(oracle), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_oracle(path: str | Path) -> Generator:
+    return oracle_from_arrays(load_oracle_arrays(path))
+
+
+@torch.no_grad()
+def nll_under(model: Generator, tokens: torch.Tensor, batch_size: int = 2048) -> float:
+    """Mean per-token negative log-likelihood of ``tokens`` [N, T] under ``model``."""
+    device = model.output.weight.device
+    total, count = 0.0, 0
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i:i + batch_size].to(device)
+        logits = model(batch)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.reshape(-1), reduction="sum").item()
+        count += batch.numel()
+    return total / count
+
+
+def oracle_evaluator(oracle: Generator, num_samples: int, seq_len: int, heldout: torch.Tensor | None = None):
+    """Trainer evaluation for the synthetic task: NLL-oracle of G's samples, and NLL-test of held-out data."""
+
+    def evaluate(generator: Generator, rng: torch.Generator) -> dict:
+        samples = generator.sample(num_samples, seq_len, generator=rng)
+        metrics = {"nll_oracle": nll_under(oracle, samples)}
+        if heldout is not None:
+            metrics["nll_test"] = nll_under(generator, heldout)
+        return metrics
+
+    return evaluate
+
+
+def read_token_file(path: str | Path, vocab_size: int | None = None) -> torch.Tensor:
+    """Sequences of token ids, one a line; every line must have the same length."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise InputError(path, "not a text file of token ids (not UTF-8)") from None
+    if not lines:
+        raise InputError(path, "the file has no sequences")
+    lengths = {len(line) for line in lines}
+    if len(lengths) != 1:
+        raise InputError(path, f"sequences have different lengths ({sorted(lengths)[:5]}...); one length expected")
+    try:
+        tokens = torch.tensor([[int(x) for x in line] for line in lines], dtype=torch.long)
+    except ValueError as exc:
+        raise InputError(path, f"every token must be an integer id ({exc})") from None
+    if int(tokens.min()) < 0 or (vocab_size is not None and int(tokens.max()) >= vocab_size):
+        raise InputError(path, f"token ids must be within 0..{(vocab_size or 1) - 1}")
+    return tokens
+
+
+def write_token_file(tokens: torch.Tensor, path: str | Path) -> None:
+    text = "".join(" ".join(map(str, row)) + "\n" for row in tokens.tolist())
+    atomic_write_bytes(path, text.encode())

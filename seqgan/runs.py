@@ -1,0 +1,78 @@
+"""Run directories: where a training run keeps everything, so the CLI and the app read the same files.
+
+    runs/<id>/
+        config.json      everything needed to rerun (written once, atomically)
+        status.json      state, phase, step, total, pid, times (rewritten atomically)
+        metrics.jsonl    one event per line (the trainer's callback events, appended)
+        checkpoints/     latest.pt, mle.pt (the MLE baseline), seqgan.pt (end of adversarial training)
+        samples/         generated sequences at evaluation points
+        log.txt          human-readable log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .checkpoint import atomic_write_bytes
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.status = self.path / "status.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+        self.samples = self.path / "samples"
+        self.log = self.path / "log.txt"
+
+    def create(self) -> "RunDir":
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.samples.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def checkpoint(self, role: str) -> Path:
+        return self.checkpoints / f"{role}.pt"
+
+    def write_json(self, path: Path, data: dict) -> None:
+        atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+    def read_json(self, path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def update_status(self, **fields) -> dict:
+        status = self.read_json(self.status) or {"started": time.time()}
+        status.update(fields, updated=time.time(), pid=os.getpid())
+        self.write_json(self.status, status)
+        return status
+
+    def append_event(self, event: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    def events(self) -> list[dict]:
+        """All complete events; a line still being written is skipped."""
+        if not self.metrics.exists():
+            return []
+        out = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def truncate_events(self, unit: int) -> None:
+        """On resume, drop events of units after the checkpoint so the stream has no duplicates."""
+        kept = [e for e in self.events() if e.get("unit", -1) < unit]
+        atomic_write_bytes(self.metrics, "".join(json.dumps(e) + "\n" for e in kept).encode())
+
+    def log_line(self, text: str) -> None:
+        with open(self.log, "a") as f:
+            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")

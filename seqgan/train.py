@@ -1,0 +1,377 @@
+"""The SeqGAN training schedule, as one resumable loop over units of work.
+
+The schedule (the original code's defaults in ``TrainConfig``):
+
+    mle          mle_epochs x one epoch of maximum-likelihood training of G           (unit = one epoch)
+    d_pretrain   d_pretrain_rounds x (sample num_negatives from G, d_epochs epochs of D)  (unit = one round)
+    adversarial  adv_iters x (g_steps x policy-gradient step on a batch with Monte-Carlo rewards,
+                              then d_steps x (fresh negatives, d_epochs epochs of D))  (unit = one iteration)
+
+Every unit ends with an event (a plain dict) sent to the callback and appended to ``metrics.jsonl``; the
+generator is evaluated every ``eval_every`` units of the mle and adversarial phases (and once before
+training). Checkpoints hold everything needed to continue exactly: G, D, the three optimizers, the RNG state
+and the next unit. ``mle.pt`` is the MLE baseline (the generator at the end of pre-training).
+
+Differences from the original code, all deliberate: MLE batches are reshuffled every epoch (the original reads
+them in file order); evaluation draws from its own seeded RNG so that evaluating more or less often does not
+change training; the policy-gradient reward may optionally have a baseline subtracted (off by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import FORMAT, save_bundle, tokenizer_tensor
+from .errors import ConfigError
+from .models import PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, sample_from_logits
+from .rollout import RewardFn, discriminator_reward, rollout_rewards
+from .runs import RunDir
+
+PHASES = ("mle", "d_pretrain", "adversarial")
+REWARDS = ("discriminator", "bleu")
+BASELINES = ("none", "mean")
+
+
+@dataclass
+class TrainConfig:
+    """Every count and rate of a run. Defaults are the original SeqGAN code's (synthetic-data experiment)."""
+
+    vocab_size: int = 5000
+    seq_len: int = 20
+    start_token: int = 0
+    # generator
+    g_emb_dim: int = 32
+    g_hidden_dim: int = 32
+    batch_size: int = 64
+    mle_epochs: int = 120
+    mle_lr: float = 0.01
+    scheduled_sampling: float = 0.0  # final probability of feeding G its own token (Bengio et al. 2015); 0 = MLE
+    grad_clip: float = 5.0
+    # discriminator (filter lists empty = the paper's, minus widths longer than seq_len)
+    d_emb_dim: int = 64
+    d_filter_sizes: list[int] = field(default_factory=list)
+    d_num_filters: list[int] = field(default_factory=list)
+    d_dropout_keep: float = 0.75
+    d_l2: float = 0.2
+    d_lr: float = 1e-4
+    d_batch_size: int = 64
+    d_pretrain_rounds: int = 50
+    d_epochs: int = 3
+    num_negatives: int = 10000
+    # adversarial training
+    adv_iters: int = 200
+    g_steps: int = 1
+    d_steps: int = 5
+    rollouts: int = 16
+    pg_lr: float = 0.01
+    reward: str = "discriminator"  # "bleu": PG-BLEU, the rollouts scored by BLEU against the training data
+    bleu_n: int = 4
+    baseline: str = "none"  # "mean": subtract the batch-mean reward at each step (variance reduction)
+    # bookkeeping
+    eval_every: int = 5
+    eval_samples: int = 10000
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_seconds: float = 120.0
+
+    def __post_init__(self):
+        if not self.d_filter_sizes and not self.d_num_filters:
+            pairs = [(w, n) for w, n in zip(PAPER_FILTER_SIZES, PAPER_NUM_FILTERS) if w <= self.seq_len]
+            self.d_filter_sizes = [w for w, _ in pairs]
+            self.d_num_filters = [n for _, n in pairs]
+        self.d_filter_sizes = [int(w) for w in self.d_filter_sizes]
+        self.d_num_filters = [int(n) for n in self.d_num_filters]
+
+    def validate(self) -> "TrainConfig":
+        def need(ok, message):
+            if not ok:
+                raise ConfigError(message)
+
+        positive = ["vocab_size", "g_emb_dim", "g_hidden_dim", "batch_size", "d_emb_dim", "d_batch_size",
+                    "num_negatives", "rollouts", "eval_every", "eval_samples", "bleu_n"]
+        for name in positive:
+            need(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")
+        counts = ["mle_epochs", "d_pretrain_rounds", "d_epochs", "adv_iters", "g_steps", "d_steps"]
+        for name in counts:
+            need(getattr(self, name) >= 0, f"{name} must not be negative (got {getattr(self, name)})")
+        for name in ["mle_lr", "pg_lr", "d_lr", "grad_clip"]:
+            value = getattr(self, name)
+            need(math.isfinite(value) and value > 0, f"{name} must be a positive number (got {value})")
+        need(self.seq_len >= 2, f"seq_len must be at least 2 (got {self.seq_len})")
+        need(0 <= self.start_token < self.vocab_size,
+             f"start_token {self.start_token} is outside the vocabulary 0..{self.vocab_size - 1}")
+        need(0.0 <= self.scheduled_sampling <= 1.0,
+             f"scheduled_sampling must be within [0, 1] (got {self.scheduled_sampling})")
+        need(0.0 < self.d_dropout_keep <= 1.0, f"d_dropout_keep must be within (0, 1] (got {self.d_dropout_keep})")
+        need(self.d_l2 >= 0, f"d_l2 must not be negative (got {self.d_l2})")
+        need(len(self.d_filter_sizes) > 0, "the discriminator needs at least one filter width")
+        need(len(self.d_filter_sizes) == len(self.d_num_filters),
+             f"d_filter_sizes has {len(self.d_filter_sizes)} widths but d_num_filters has "
+             f"{len(self.d_num_filters)} counts")
+        need(all(1 <= w <= self.seq_len for w in self.d_filter_sizes),
+             f"every filter width must be within 1..seq_len={self.seq_len} (got {self.d_filter_sizes})")
+        need(all(n >= 1 for n in self.d_num_filters), f"every filter count must be at least 1 ({self.d_num_filters})")
+        need(self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)} (got {self.reward!r})")
+        need(self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)} (got {self.baseline!r})")
+        need(self.checkpoint_seconds >= 0, "checkpoint_seconds must not be negative")
+        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+             f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def units(self) -> list[tuple[str, int]]:
+        """The schedule as (phase, index) pairs; PG-BLEU has no discriminator to pre-train."""
+        d_rounds = self.d_pretrain_rounds if self.reward == "discriminator" else 0
+        return ([("mle", i) for i in range(self.mle_epochs)] + [("d_pretrain", i) for i in range(d_rounds)]
+                + [("adversarial", i) for i in range(self.adv_iters)])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here")
+    return device
+
+
+Evaluator = Callable[[Generator, torch.Generator], dict]
+
+
+class Trainer:
+    """Runs the schedule of a ``TrainConfig`` on ``train_data`` ([N, seq_len] token ids)."""
+
+    def __init__(self, config: TrainConfig, train_data: torch.Tensor, run_dir: str | RunDir | None = None,
+                 evaluate: Evaluator | None = None, callback: Callable[[dict], None] | None = None,
+                 reward_fn: RewardFn | None = None, kind: str = "tokens", tokenizer: bytes | None = None,
+                 extra: dict | None = None):
+        self.config = config.validate()
+        self.device = resolve_device(config.device)
+        if train_data.dim() != 2 or train_data.shape[1] != config.seq_len:
+            raise ConfigError(f"training data must be [N, {config.seq_len}] token ids, got {list(train_data.shape)}")
+        if len(train_data) == 0:
+            raise ConfigError("training data is empty")
+        if int(train_data.min()) < 0 or int(train_data.max()) >= config.vocab_size:
+            raise ConfigError(f"training data has token ids outside 0..{config.vocab_size - 1}")
+        if config.reward == "bleu" and reward_fn is None:
+            raise ConfigError("reward 'bleu' needs a reward function (PG-BLEU is set up by the oracle experiment)")
+        self.data = train_data.to(self.device)
+        if run_dir is not None and not isinstance(run_dir, RunDir):
+            run_dir = RunDir(run_dir)
+        self.run_dir = run_dir.create() if run_dir is not None else None
+        self.evaluate_fn, self.callback = evaluate, callback
+        self.kind, self.tokenizer, self.extra = kind, tokenizer, dict(extra or {})
+        self.schedule = config.units()
+        self.unit = 0  # next unit to run
+        self.stop_requested = False
+        self.last_checkpoint_time = time.monotonic()
+
+        torch.manual_seed(config.seed)
+        c = config
+        self.generator = Generator(c.vocab_size, c.g_emb_dim, c.g_hidden_dim, c.start_token).to(self.device)
+        self.discriminator = Discriminator(c.vocab_size, c.seq_len, c.d_emb_dim, c.d_filter_sizes, c.d_num_filters,
+                                           c.d_dropout_keep, c.d_l2).to(self.device)
+        self.optimizers = {
+            "mle": torch.optim.Adam(self.generator.parameters(), lr=c.mle_lr),
+            "pg": torch.optim.Adam(self.generator.parameters(), lr=c.pg_lr),
+            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.d_lr),
+        }
+        self.reward_fn = reward_fn or discriminator_reward(self.discriminator)
+
+    # ----- state -------------------------------------------------------------------------------------------
+    def bundle(self, role: str) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": FORMAT, "kind": self.kind, "role": role, "config": self.config.to_dict(),
+            "position": {"unit": self.unit, "total": len(self.schedule)},
+            "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "rng": rng, "tokenizer": tokenizer_tensor(self.tokenizer), "extra": self.extra,
+        }
+
+    def restore(self, bundle: dict, position: int | None = None, weights_only: bool = False) -> None:
+        """Continue from a bundle. ``weights_only`` takes only the networks (to branch a new schedule off it)."""
+        self.generator.load_state_dict(bundle["generator"])
+        if "discriminator" in bundle:
+            self.discriminator.load_state_dict(bundle["discriminator"])
+        if not weights_only:
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(bundle["optimizers"][name])
+            torch.set_rng_state(bundle["rng"]["torch"])
+            if self.device.type == "cuda" and "cuda" in bundle["rng"]:
+                torch.cuda.set_rng_state(bundle["rng"]["cuda"], self.device)
+        self.unit = bundle["position"]["unit"] if position is None else position
+        if self.run_dir is not None:
+            self.run_dir.truncate_events(self.unit)
+
+    def save(self, role: str = "latest") -> None:
+        if self.run_dir is not None:
+            save_bundle(self.bundle(role), self.run_dir.checkpoint(role))
+            self.last_checkpoint_time = time.monotonic()
+
+    def request_stop(self) -> None:
+        """Finish the unit in progress, checkpoint and return (the CLI calls this on SIGTERM)."""
+        self.stop_requested = True
+
+    # ----- the pieces of the schedule ---------------------------------------------------------------------
+    def _step(self, optimizer, loss, clip_parameters=None):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_parameters is not None:
+            torch.nn.utils.clip_grad_norm_(clip_parameters, self.config.grad_clip)
+        optimizer.step()
+
+    def _batches(self, n: int, batch_size: int):
+        """Shuffled full batches (the original drops the last partial one); one batch if n < batch_size."""
+        order = torch.randperm(n, device=self.device)
+        size = min(batch_size, n)
+        return [order[i:i + size] for i in range(0, n - size + 1, size)]
+
+    def scheduled_sampling_nll(self, tokens: torch.Tensor, own_prob: float) -> torch.Tensor:
+        """MLE loss where each input token is, with probability ``own_prob``, G's own draw instead of the data's."""
+        G = self.generator
+        token = torch.full_like(tokens[:, 0], G.start_token)
+        state, losses = None, []
+        for t in range(tokens.shape[1]):
+            hidden, state = G.step(token, state)
+            logits = G.output(hidden)
+            losses.append(F.cross_entropy(logits, tokens[:, t]))
+            own = sample_from_logits(logits.detach())
+            use_own = torch.rand(len(token), device=token.device) < own_prob
+            token = torch.where(use_own, own, tokens[:, t])
+        return torch.stack(losses).mean()
+
+    def mle_epoch(self, index: int) -> dict:
+        c, G = self.config, self.generator
+        G.train()
+        own_prob = c.scheduled_sampling * index / max(1, c.mle_epochs - 1)
+        losses = []
+        for idx in self._batches(len(self.data), c.batch_size):
+            batch = self.data[idx]
+            loss = self.scheduled_sampling_nll(batch, own_prob) if c.scheduled_sampling > 0 else G.nll(batch)
+            self._step(self.optimizers["mle"], loss, G.parameters())
+            losses.append(loss.item())
+        event = {"g_loss": sum(losses) / len(losses)}
+        if c.scheduled_sampling > 0:
+            event["own_token_prob"] = own_prob
+        return event
+
+    def discriminator_round(self) -> dict:
+        """Fresh negatives from G, then d_epochs epochs of D over positives + negatives."""
+        c, D = self.config, self.discriminator
+        negatives = self.generator.sample(c.num_negatives, c.seq_len)
+        positives = self.data
+        if len(positives) > c.num_negatives:  # a large corpus: as many positives as negatives, drawn afresh
+            positives = positives[torch.randperm(len(positives), device=self.device)[:c.num_negatives]]
+        tokens = torch.cat([positives, negatives])
+        labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).long().to(self.device)
+        D.train()
+        losses, correct, seen = [], 0, 0
+        for _ in range(c.d_epochs):
+            for idx in self._batches(len(tokens), c.d_batch_size):
+                logits = D(tokens[idx])
+                loss = D.loss(logits, labels[idx])
+                self._step(self.optimizers["d"], loss)  # the original trains D with plain Adam, no clipping
+                losses.append(loss.item())
+                correct += int((logits.argmax(1) == labels[idx]).sum())
+                seen += len(idx)
+        return {"d_loss": sum(losses) / max(1, len(losses)), "d_acc": correct / max(1, seen)}
+
+    def generator_pg_step(self) -> dict:
+        c, G = self.config, self.generator
+        samples = G.sample(c.batch_size, c.seq_len)
+        rewards = rollout_rewards(G, samples, c.rollouts, self.reward_fn)
+        if c.baseline == "mean":
+            rewards = rewards - rewards.mean(dim=0, keepdim=True)
+        G.train()
+        loss = -(G.log_probs(samples) * rewards).sum()
+        self._step(self.optimizers["pg"], loss, G.parameters())
+        return {"g_loss": loss.item(), "reward_mean": rewards.mean().item()}
+
+    def adversarial_iteration(self) -> dict:
+        c = self.config
+        event = {}
+        for _ in range(c.g_steps):
+            event.update(self.generator_pg_step())
+        if c.reward == "discriminator":
+            for _ in range(c.d_steps):
+                event.update(self.discriminator_round())
+        return event
+
+    # ----- the loop ----------------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        if self.evaluate_fn is None:
+            return {}
+        rng = torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + self.unit)
+        self.generator.eval()
+        with torch.no_grad():
+            return self.evaluate_fn(self.generator, rng)
+
+    def emit(self, event: dict) -> None:
+        event = {"time": time.time(), **event}
+        if self.run_dir is not None:
+            self.run_dir.append_event(event)
+        if self.callback is not None:
+            self.callback(event)
+
+    def _status(self, state: str, **fields) -> None:
+        if self.run_dir is not None:
+            phase, index = self.schedule[min(self.unit, len(self.schedule) - 1)] if self.schedule else ("done", 0)
+            self.run_dir.update_status(state=state, unit=self.unit, units=len(self.schedule), phase=phase,
+                                       step=index, **fields)
+
+    def run(self) -> str:
+        """Run from the current position to the end (or a stop request). Returns 'finished' or 'stopped'."""
+        c = self.config
+        self._status("running")
+        if self.unit == 0:
+            self.emit({"unit": -1, "phase": "init", "step": 0, "total": 0, **self.evaluate()})
+        while self.unit < len(self.schedule):
+            phase, index = self.schedule[self.unit]
+            started = time.perf_counter()
+            if phase == "mle":
+                event = self.mle_epoch(index)
+            elif phase == "d_pretrain":
+                event = self.discriminator_round()
+            else:
+                event = self.adversarial_iteration()
+            total = sum(1 for p, _ in self.schedule if p == phase)
+            last_of_phase = index == total - 1
+            if phase != "d_pretrain" and (index % c.eval_every == 0 or last_of_phase):
+                event.update(self.evaluate())
+            self.unit += 1
+            self.emit({"unit": self.unit - 1, "phase": phase, "step": index + 1, "total": total,
+                       "seconds": time.perf_counter() - started, **event})
+            if last_of_phase and phase == "mle":
+                self.save("mle")
+            if last_of_phase and phase == "adversarial":
+                self.save("seqgan")
+            if last_of_phase or time.monotonic() - self.last_checkpoint_time >= c.checkpoint_seconds:
+                self.save("latest")
+            self._status("running")
+            if self.stop_requested and self.unit < len(self.schedule):
+                self.save("latest")
+                self._status("stopped")
+                return "stopped"
+        self.save("latest")
+        self._status("finished")
+        return "finished"
