@@ -191,6 +191,14 @@ def cmd_oracle_run(args) -> int:
     return 0
 
 
+def cmd_oracle_table(args) -> int:
+    from .experiments import markdown_table, write_report
+
+    table = write_report(args.out, args.seeds)
+    print(markdown_table(table, json.loads((Path(args.out) / "table1.json").read_text())["preset"], args.seeds))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments import MODELS, PRESETS
 
@@ -238,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default results/oracle-PRESET)")
     add_config_options(run)
     run.set_defaults(func=cmd_oracle_run)
+    table = osub.add_parser("table", help="rebuild Table 1 and Figure 2 from seeds already run into --out")
+    table.add_argument("--out", required=True)
+    table.add_argument("--seeds", type=int, nargs="+", required=True)
+    table.set_defaults(func=cmd_oracle_table)
     return parser
 
 
