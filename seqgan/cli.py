@@ -64,16 +64,15 @@ def cmd_train(args) -> int:
     else:
         if run.config.exists():
             raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
-        config = TrainConfig(**config_overrides(args))
+        overrides = config_overrides(args)
         if args.data:
             train = read_token_file(args.data)
-            config.seq_len = train.shape[1]
-            if args.vocab_size is None:
-                config.vocab_size = int(train.max()) + 1
+            overrides["seq_len"] = train.shape[1]
+            overrides.setdefault("vocab_size", int(train.max()) + 1)
             task = {"kind": "tokens", "source": str(args.data)}
         else:
             task = {"kind": "oracle", "oracle_params": args.oracle_params, "num_train": args.num_train}
-        config.validate()
+        config = TrainConfig(**overrides).validate()
         run.create()
         if args.data:
             generator = torch.Generator().manual_seed(config.seed)

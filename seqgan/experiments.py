@@ -99,8 +99,9 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
 
     def collect(name):
         def callback(event):
-            if "nll_oracle" in event:
-                curves.setdefault(name, []).append([event["unit"] + 1, event["nll_oracle"]])
+            if "nll_oracle" in event:  # x: MLE epochs, then adversarial iterations after them
+                x = config.mle_epochs + event["step"] if event["phase"] == "adversarial" else event["step"]
+                curves.setdefault(name, []).append([x, event["nll_oracle"]])
                 log(f"[seed {seed}] {name:7s} {event['phase']:11s} {event['step']:4d}/{event['total']:<4d} "
                     f"nll_oracle={event['nll_oracle']:.4f}")
         return callback

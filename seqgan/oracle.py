@@ -63,11 +63,20 @@ def load_oracle_arrays(path: str | Path) -> list[np.ndarray]:
         raise InputError(path, f"cannot read oracle parameters ({exc})") from None
     if not isinstance(arrays, (list, tuple)) or len(arrays) != len(ARRAY_NAMES):
         raise InputError(path, f"expected a list of {len(ARRAY_NAMES)} arrays ({', '.join(ARRAY_NAMES)})")
-    arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
-    vocab, dim = arrays[0].shape
-    hidden = arrays[1].shape[1]
-    if arrays[13].shape != (hidden, vocab) or arrays[14].shape != (vocab,):
-        raise InputError(path, "array shapes do not fit the oracle's equations")
+    try:
+        arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, f"oracle parameters are not numeric arrays ({exc})") from None
+    if arrays[0].ndim != 2 or arrays[1].ndim != 2:
+        raise InputError(path, "E and Wi must be matrices")
+    (vocab, emb), hidden = arrays[0].shape, arrays[1].shape[1]
+    expected = {"E": (vocab, emb), "Wo": (hidden, vocab), "bo": (vocab,)}
+    for gate in ("i", "f", "og", "c"):
+        expected.update({f"W{gate}": (emb, hidden), f"U{gate}": (hidden, hidden), f"b{gate}": (hidden,)})
+    for name, array in zip(ARRAY_NAMES, arrays):
+        if array.shape != expected[name]:
+            raise InputError(path, f"array {name} has shape {array.shape}, the oracle's equations need "
+                                   f"{expected[name]}")
     return arrays
 
 

@@ -69,7 +69,10 @@ def rollout_rewards(generator: Generator, sequences: torch.Tensor, num_rollouts:
     """Q [B, T] for a batch of sequences (see the module docstring)."""
     B, T = sequences.shape
     completions = batched_rollout(generator, sequences, num_rollouts, generator_rng)
-    scores = reward_fn(completions.view(-1, T)).view(T - 1, num_rollouts, B)
+    if hasattr(reward_fn, "score_completions"):  # knows how to share work across a prefix's completions
+        scores = reward_fn.score_completions(completions, sequences)
+    else:
+        scores = reward_fn(completions.view(-1, T)).view(T - 1, num_rollouts, B)
     partial = scores.mean(dim=1).transpose(0, 1)  # [B, T-1]
     whole = reward_fn(sequences).view(B, 1)
     return torch.cat([partial, whole], dim=1)
@@ -96,15 +99,37 @@ def naive_rollout_rewards(generator: Generator, sequences: torch.Tensor, num_rol
     return rewards / num_rollouts
 
 
-def discriminator_reward(discriminator) -> RewardFn:
+class DiscriminatorReward:
     """D(Y) = probability of 'real', the reward SeqGAN uses (dropout off, as the original feeds keep=1.0)."""
 
-    def reward(tokens: torch.Tensor) -> torch.Tensor:
-        was_training = discriminator.training
-        discriminator.eval()
-        try:
-            return discriminator.prob_real(tokens)
-        finally:
-            discriminator.train(was_training)
+    def __init__(self, discriminator, share_prefix_windows: bool = True):
+        self.discriminator = discriminator
+        self.share_prefix_windows = share_prefix_windows
 
-    return reward
+    def _eval(self, fn):
+        was_training = self.discriminator.training
+        self.discriminator.eval()
+        try:
+            with torch.no_grad():
+                return fn()
+        finally:
+            self.discriminator.train(was_training)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._eval(lambda: self.discriminator.prob_real(tokens))
+
+    def score_completions(self, completions: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
+        """Rewards [T-1, N, B] of ``batched_rollout``'s completions."""
+        D = self.discriminator
+        if not self.share_prefix_windows:
+            return self(completions.reshape(-1, sequences.shape[1])).view(completions.shape[:3])
+
+        def score():
+            features = D.completion_features(completions, sequences)
+            return torch.softmax(D.classify(features), dim=-1)[..., 1]
+
+        return self._eval(score)
+
+
+def discriminator_reward(discriminator, share_prefix_windows: bool = True) -> DiscriminatorReward:
+    return DiscriminatorReward(discriminator, share_prefix_windows)

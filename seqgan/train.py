@@ -111,13 +111,14 @@ class TrainConfig:
              f"scheduled_sampling must be within [0, 1] (got {self.scheduled_sampling})")
         need(0.0 < self.d_dropout_keep <= 1.0, f"d_dropout_keep must be within (0, 1] (got {self.d_dropout_keep})")
         need(self.d_l2 >= 0, f"d_l2 must not be negative (got {self.d_l2})")
-        need(len(self.d_filter_sizes) > 0, "the discriminator needs at least one filter width")
+        need(len(self.d_filter_sizes) > 0, "d_filter_sizes: the discriminator needs at least one filter width")
         need(len(self.d_filter_sizes) == len(self.d_num_filters),
              f"d_filter_sizes has {len(self.d_filter_sizes)} widths but d_num_filters has "
              f"{len(self.d_num_filters)} counts")
         need(all(1 <= w <= self.seq_len for w in self.d_filter_sizes),
-             f"every filter width must be within 1..seq_len={self.seq_len} (got {self.d_filter_sizes})")
-        need(all(n >= 1 for n in self.d_num_filters), f"every filter count must be at least 1 ({self.d_num_filters})")
+             f"d_filter_sizes: every width must be within 1..seq_len={self.seq_len} (got {self.d_filter_sizes})")
+        need(all(n >= 1 for n in self.d_num_filters),
+             f"d_num_filters: every count must be at least 1 (got {self.d_num_filters})")
         need(self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)} (got {self.reward!r})")
         need(self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)} (got {self.baseline!r})")
         need(self.checkpoint_seconds >= 0, "checkpoint_seconds must not be negative")

@@ -1,0 +1,243 @@
+"""The ``seqgan`` command line, called in-process through ``seqgan.cli.main`` (a subprocess only to SIGKILL one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqgan.checkpoint import load_bundle
+from seqgan.cli import main
+from seqgan.metrics import bleu
+from seqgan.models import Generator
+from seqgan.oracle import load_oracle, nll_under, random_oracle, read_token_file, save_oracle, write_token_file
+from seqgan.runs import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny synthetic-oracle run: 3 MLE epochs, 2 D rounds, 40 adversarial iterations; a checkpoint after every unit.
+TINY = ["--vocab-size", "20", "--seq-len", "6", "--num-train", "64", "--g-emb-dim", "8", "--g-hidden-dim", "8",
+        "--batch-size", "16", "--mle-epochs", "3", "--d-emb-dim", "8", "--d-filter-sizes", "2", "3",
+        "--d-num-filters", "4", "4", "--d-pretrain-rounds", "2", "--d-epochs", "1", "--d-batch-size", "32",
+        "--num-negatives", "32", "--adv-iters", "40", "--d-steps", "1", "--rollouts", "2", "--eval-every", "5",
+        "--eval-samples", "32", "--seed", "3", "--device", "cpu", "--checkpoint-seconds", "0", "--quiet"]
+TINY_UNITS = 3 + 2 + 40
+
+
+def run_cli(capsys, *argv) -> tuple[int, list[str], str]:
+    """Exit status, stdout lines and stderr of ``seqgan ARGV``."""
+    capsys.readouterr()
+    status = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out.splitlines(), captured.err
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def without_times(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k not in ("time", "seconds")} for e in events]
+
+
+def assert_error(status: int, err: str, *names: str) -> None:
+    assert status == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for name in names:
+        assert name in err or name.replace("_", "-") in err, f"the error does not name {name}: {err}"
+
+
+# ----- a small trained run from a token file (seqgan train --data) ---------------------------------------------
+@pytest.fixture(scope="module")
+def token_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("token_run")
+    data = random_oracle(9, 15, 8, 8).sample(40, 5, generator=torch.Generator().manual_seed(0))
+    write_token_file(data, root / "data.txt")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        status = main(["train", "--run-dir", str(root / "run"), "--data", str(root / "data.txt"), "--quiet",
+                       "--test-fraction", "0.25", "--g-emb-dim", "8", "--g-hidden-dim", "8", "--batch-size", "10",
+                       "--mle-epochs", "2", "--d-filter-sizes", "2", "3", "--d-num-filters", "4", "4",
+                       "--d-pretrain-rounds", "0", "--adv-iters", "0", "--seed", "1", "--device", "cpu"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 0
+    return root, data
+
+
+def test_train_from_a_token_file(token_run, capsys):
+    root, data = token_run
+    run = RunDir(root / "run")
+    assert run.read_json(run.status)["state"] == "finished"
+    config = run.read_json(run.config)["config"]
+    assert config["seq_len"] == 5 and config["vocab_size"] == int(data.max()) + 1
+    train, heldout = read_token_file(root / "run" / "train.txt"), read_token_file(root / "run" / "heldout.txt")
+    assert (len(train), len(heldout)) == (30, 10)
+    assert sorted(map(tuple, torch.cat([train, heldout]).tolist())) == sorted(map(tuple, data.tolist()))
+    assert all("nll_test" in e for e in run.events() if e["phase"] == "mle")
+    status, _, err = run_cli(capsys, "train", "--run-dir", root / "run", "--data", root / "data.txt")
+    assert_error(status, err, "already holds a run")
+
+
+def test_train_from_a_short_token_file_with_the_default_discriminator(tmp_path, capsys, restore_sigterm):
+    """No filter options: the paper's widths that fit the file's sequence length (5) are used."""
+    write_token_file(torch.randint(0, 12, (20, 5), generator=torch.Generator().manual_seed(2)), tmp_path / "data.txt")
+    status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", "--data", tmp_path / "data.txt",
+                             "--quiet", "--g-emb-dim", "8", "--g-hidden-dim", "8", "--batch-size", "8",
+                             "--mle-epochs", "1", "--d-pretrain-rounds", "0", "--adv-iters", "0", "--device", "cpu")
+    assert status == 0, err
+    config = RunDir(tmp_path / "run").read_json(RunDir(tmp_path / "run").config)["config"]
+    assert config["seq_len"] == 5 and config["d_filter_sizes"] == [1, 2, 3, 4, 5]
+
+
+# ----- seqgan sample -------------------------------------------------------------------------------------------
+def test_sample_prints_reproducible_sequences_from_the_checkpoint(token_run, capsys):
+    root, _ = token_run
+    checkpoint = root / "run" / "checkpoints" / "latest.pt"
+    status, lines, _ = run_cli(capsys, "sample", "--checkpoint", checkpoint, "-n", 7, "--seed", 3)
+    assert status == 0 and len(lines) == 7
+    rows = [[int(x) for x in line.split()] for line in lines]
+    bundle = load_bundle(checkpoint)
+    vocab, seq_len = bundle["config"]["vocab_size"], bundle["config"]["seq_len"]
+    assert all(len(row) == seq_len and all(0 <= x < vocab for x in row) for row in rows)
+
+    assert run_cli(capsys, "sample", "--checkpoint", checkpoint, "-n", 7, "--seed", 3)[1] == lines
+    assert run_cli(capsys, "sample", "--checkpoint", checkpoint, "-n", 7, "--seed", 4)[1] != lines
+    # the lines are the checkpoint's generator's draws with that seed (not a freshly initialised one)
+    G = Generator(vocab, bundle["config"]["g_emb_dim"], bundle["config"]["g_hidden_dim"])
+    G.load_state_dict(bundle["generator"])
+    assert G.sample(7, seq_len, generator=torch.Generator().manual_seed(3)).tolist() == rows
+
+    status, lines, _ = run_cli(capsys, "sample", "--checkpoint", checkpoint, "-n", 5, "--prefix", "3 1")
+    assert status == 0 and len(lines) == 5 and all(line.split()[:2] == ["3", "1"] for line in lines)
+
+
+def test_sample_refuses_a_damaged_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(os.urandom(300))
+    status, _, err = run_cli(capsys, "sample", "--checkpoint", bad)
+    assert_error(status, err, str(bad))
+    status, _, err = run_cli(capsys, "sample", "--checkpoint", tmp_path / "missing.pt")
+    assert_error(status, err, "missing.pt")
+
+
+# ----- seqgan oracle nll and seqgan bleu -----------------------------------------------------------------------
+def test_oracle_nll_prints_the_nll_last(tmp_path, capsys):
+    oracle = random_oracle(3, 30, 8, 8)
+    save_oracle(oracle, tmp_path / "oracle.pt")
+    tokens = oracle.sample(50, 10, generator=torch.Generator().manual_seed(1))
+    write_token_file(tokens, tmp_path / "tokens.txt")
+    status, lines, _ = run_cli(capsys, "oracle", "nll", "--params", tmp_path / "oracle.pt", tmp_path / "tokens.txt")
+    assert status == 0
+    assert float(lines[-1]) == pytest.approx(nll_under(oracle, tokens), abs=1e-6)
+
+    write_token_file(torch.full((2, 10), 30), tmp_path / "outside.txt")  # ids beyond the oracle's vocabulary
+    status, _, err = run_cli(capsys, "oracle", "nll", "--params", tmp_path / "oracle.pt", tmp_path / "outside.txt")
+    assert_error(status, err, "outside.txt")
+
+
+def test_oracle_nll_with_the_paper_pickle(tmp_path, capsys, paper_oracle_params):
+    oracle = load_oracle(paper_oracle_params)
+    tokens = oracle.sample(20, 20, generator=torch.Generator().manual_seed(2))
+    write_token_file(tokens, tmp_path / "tokens.txt")
+    status, lines, _ = run_cli(capsys, "oracle", "nll", "--params", paper_oracle_params, tmp_path / "tokens.txt")
+    assert status == 0
+    assert float(lines[-1]) == pytest.approx(nll_under(oracle, tokens), abs=1e-6)
+
+
+def test_bleu_prints_seqgan_metrics_bleu_last(tmp_path, capsys):
+    g = torch.Generator().manual_seed(5)
+    words = "the a cat dog sat on mat hat".split()
+
+    def lines(count):
+        return [[words[i] for i in torch.randint(0, 8, (int(n),), generator=g)]
+                for n in torch.randint(3, 9, (count,), generator=g)]
+
+    refs, hyps = lines(30), lines(12)
+    (tmp_path / "refs.txt").write_text("".join(" ".join(r) + "\n" for r in refs))
+    (tmp_path / "hyps.txt").write_text("".join(" ".join(h) + "\n" for h in hyps))
+    status, lines, _ = run_cli(capsys, "bleu", "--refs", tmp_path / "refs.txt", "--hyps", tmp_path / "hyps.txt",
+                               "-n", 2)
+    assert status == 0
+    expected = bleu(refs, hyps, 2)
+    assert 0 < expected < 1 and float(lines[-1]) == pytest.approx(expected, abs=1e-6)
+    status, _, err = run_cli(capsys, "bleu", "--refs", tmp_path / "nope.txt", "--hyps", tmp_path / "hyps.txt")
+    assert_error(status, err, "nope.txt")
+
+
+# ----- bad options ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("options, name", [
+    (["--seq-len", "1"], "seq_len"),
+    (["--mle-epochs", "-1"], "mle_epochs"),
+    (["--seq-len", "4", "--d-filter-sizes", "2", "5", "--d-num-filters", "3", "3"], "d_filter_sizes"),
+    (["--d-filter-sizes", "2", "3", "--d-num-filters", "4"], "d_num_filters"),
+    (["--reward", "foo"], "reward"),
+    (["--d-dropout-keep", "0"], "d_dropout_keep"),
+    (["--mle-lr", "nan"], "mle_lr"),
+])
+def test_train_with_a_bad_option_prints_an_error_and_exits_2(tmp_path, capsys, restore_sigterm, options, name):
+    status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", *options)
+    assert_error(status, err, name)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_train_with_a_missing_data_file_exits_2(tmp_path, capsys, restore_sigterm):
+    missing = tmp_path / "no such data.txt"
+    status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", "--data", missing)
+    assert_error(status, err, str(missing))
+    status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "other", "--resume")
+    assert_error(status, err, "config.json")
+
+
+# ----- 6. a real kill, then --resume ---------------------------------------------------------------------------
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, capsys, restore_sigterm):
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    proc = subprocess.Popen([sys.executable, "-m", "seqgan", "train", "--run-dir", str(killed), *TINY],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_at, status_file = 8, killed / "status.json"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "the run never reached the unit to kill it at"
+            try:
+                unit = json.loads(status_file.read_text())["unit"]
+            except (OSError, ValueError, KeyError):
+                unit = -1
+            if unit >= kill_at:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    stopped_at = load_bundle(killed / "checkpoints" / "latest.pt")["position"]["unit"]
+    assert kill_at <= stopped_at < TINY_UNITS, "the kill came too late to test resuming"
+
+    status, lines, err = run_cli(capsys, "train", "--run-dir", killed, "--resume")
+    assert status == 0, err
+    assert f"resuming at unit {stopped_at} of {TINY_UNITS}" in lines
+    status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "whole", *TINY)
+    assert status == 0, err
+
+    for role in ("mle", "seqgan", "latest"):
+        ours = load_bundle(killed / "checkpoints" / f"{role}.pt")
+        theirs = load_bundle(tmp_path / "whole" / "checkpoints" / f"{role}.pt")
+        assert state_equal(ours["generator"], theirs["generator"]), role
+        assert state_equal(ours["discriminator"], theirs["discriminator"]), role
+    events = RunDir(killed).events()
+    assert [e["unit"] for e in events] == list(range(-1, TINY_UNITS))  # none twice, none missing
+    assert without_times(events) == without_times(RunDir(tmp_path / "whole").events())
+    assert RunDir(killed).read_json(RunDir(killed).status)["state"] == "finished"

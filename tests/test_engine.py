@@ -1,0 +1,510 @@
+"""The engine: sampler, Monte-Carlo rollout rewards, the training schedule, resume, configuration and checkpoints.
+
+Everything runs the real code on tiny sizes (vocabulary 6-20, length 4-6, a few D filters), seeded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from conftest import chi_square_z
+from seqgan.checkpoint import FORMAT, bundle_bytes, load_bundle, save_bundle
+from seqgan.errors import ConfigError, InputError
+from seqgan.models import Discriminator, Generator, sample_from_logits
+from seqgan.oracle import nll_under, oracle_evaluator, random_oracle
+from seqgan.rollout import batched_rollout, discriminator_reward, naive_rollout_rewards, rollout_rewards
+from seqgan.runs import RunDir
+from seqgan.train import TrainConfig, Trainer
+
+Z_MAX = 4.5  # chi-square z bound: p < ~3e-6 for a correct sampler
+
+
+# ----- helpers ------------------------------------------------------------------------------------------------
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def peaky_generator(vocab: int, seed: int, dim: int = 12) -> Generator:
+    """A generator whose next-token distributions differ a lot between contexts (N(0, 1) weights), so that a
+    continuation drawn from the wrong state or the wrong row shows up in the statistics."""
+    torch.manual_seed(seed)
+    return Generator(vocab, dim, dim, start_token=0, init_std=1.0).eval()
+
+
+def encode(tokens: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Base-``vocab`` code of each row: a unique integer per sequence."""
+    code = torch.zeros(tokens.shape[0], dtype=torch.long)
+    for j in range(tokens.shape[1]):
+        code = code * vocab + tokens[:, j]
+    return code
+
+
+def all_continuations(vocab: int, length: int) -> torch.Tensor:
+    """Every sequence of ``length`` tokens, in the order of ``encode``."""
+    return torch.tensor(list(itertools.product(range(vocab), repeat=length)), dtype=torch.long).view(-1, length)
+
+
+@torch.no_grad()
+def exact_continuation_probs(G: Generator, prefix: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All completions of ``prefix`` [t] to ``seq_len`` tokens and their exact probabilities under G."""
+    t = len(prefix)
+    conts = all_continuations(G.vocab_size, seq_len - t)
+    full = torch.cat([prefix.expand(len(conts), t), conts], dim=1)
+    logp = G.log_probs(full).double()[:, t:].sum(dim=1)
+    return full, logp.exp()
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    settings = dict(vocab_size=20, seq_len=6, g_emb_dim=8, g_hidden_dim=8, batch_size=16, mle_epochs=3,
+                    d_emb_dim=8, d_filter_sizes=[2, 3], d_num_filters=[4, 4], d_batch_size=32,
+                    d_pretrain_rounds=2, d_epochs=1, num_negatives=32, adv_iters=3, d_steps=1, rollouts=2,
+                    eval_every=2, eval_samples=32, seed=5, device="cpu", checkpoint_seconds=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def tiny_task(config: TrainConfig, seed: int = 11):
+    """Training data, held-out data and an evaluator from a small random oracle."""
+    oracle = random_oracle(seed, config.vocab_size, 8, 8)
+    train = oracle.sample(64, config.seq_len, generator=seeded(seed))
+    heldout = oracle.sample(32, config.seq_len, generator=seeded(seed + 1))
+    return train, heldout, oracle_evaluator(oracle, config.eval_samples, config.seq_len, heldout)
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def without_times(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k not in ("time", "seconds")} for e in events]
+
+
+# ----- 1. the sampler -----------------------------------------------------------------------------------------
+SAMPLER_ROWS = torch.tensor([
+    [0.3, -1.2, 2.0, 0.0, 0.7, -0.4, 1.1, -2.5, 0.9, 0.1],
+    [1.5, 0.2, -0.8, 2.2, -1.0, 0.6, -0.3, 1.9, -2.0, 0.4],
+    [9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],              # very peaked
+    [-math.inf, 0.5, 1.0, -math.inf, 0.0, 2.0, -0.5, 1.0, -math.inf, -math.inf],  # zero-probability tokens
+])
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_sample_from_logits_draws_the_tempered_softmax(temperature):
+    draws_per_row = 40_000
+    rows, vocab = SAMPLER_ROWS.shape
+    logits = SAMPLER_ROWS.repeat_interleave(draws_per_row, dim=0)
+    tokens = sample_from_logits(logits, temperature, generator=seeded(int(temperature * 10)))
+    assert tokens.shape == (rows * draws_per_row,) and tokens.dtype == torch.long
+    exact = torch.softmax(SAMPLER_ROWS.double() / temperature, dim=-1)
+    for r in range(rows):
+        counts = torch.bincount(tokens[r * draws_per_row:(r + 1) * draws_per_row], minlength=vocab).double()
+        assert len(counts) == vocab
+        freq = counts / draws_per_row
+        bound = 5 * (exact[r] * (1 - exact[r]) / draws_per_row).sqrt() + 3 / draws_per_row
+        assert ((freq - exact[r]).abs() <= bound).all(), (r, freq, exact[r])
+        assert chi_square_z(counts, exact[r]) < Z_MAX, (r, counts, exact[r])
+        impossible = torch.isinf(SAMPLER_ROWS[r])
+        assert counts[impossible].sum() == 0, f"row {r}: a token with logit -inf was drawn"
+
+
+def test_sample_from_logits_never_draws_minus_infinity_tokens_at_the_edges():
+    # Only the middle token is possible; the impossible ones include the first and the last (the clamp).
+    logits = torch.full((50_000, 7), -math.inf)
+    logits[:, 3] = 0.0
+    assert torch.equal(sample_from_logits(logits, generator=seeded(0)), torch.full((50_000,), 3))
+    logits[:, 5] = -40.0  # possible but rarer than any draw here: must still come from tokens 3 and 5 only
+    tokens = sample_from_logits(logits, 2.0, generator=seeded(1))
+    assert set(tokens.unique().tolist()) <= {3, 5}
+
+
+def test_sample_from_logits_uses_only_the_given_generator():
+    logits = torch.randn(500, 12, generator=seeded(3))
+    torch.manual_seed(0)
+    a = sample_from_logits(logits, 0.7, generator=seeded(42))
+    torch.manual_seed(99)
+    b = sample_from_logits(logits, 0.7, generator=seeded(42))
+    c = sample_from_logits(logits, 0.7, generator=seeded(43))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_generator_sample_keeps_the_prefix_and_is_reproducible():
+    G = peaky_generator(vocab=9, seed=1)
+    prefix = torch.tensor([4, 7, 1])
+    a = G.sample(50, 6, prefix=prefix, generator=seeded(5))
+    b = G.sample(50, 6, prefix=prefix, generator=seeded(5))
+    c = G.sample(50, 6, prefix=prefix, generator=seeded(6))
+    assert a.shape == (50, 6)
+    assert (a[:, :3] == prefix).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert int(a.min()) >= 0 and int(a.max()) < 9
+    # A prefix per row, across several internal batches: every row keeps its own prefix.
+    prefixes = torch.randint(0, 9, (10, 2), generator=seeded(7))
+    rows = G.sample(10, 5, prefix=prefixes, generator=seeded(8), batch_size=4)
+    assert torch.equal(rows[:, :2], prefixes)
+    # A prefix as long as the sequence is returned as it is.
+    assert torch.equal(G.sample(3, 3, prefix=prefix), prefix.expand(3, 3))
+
+
+def test_generator_sample_continues_from_the_prefix_state():
+    """The draws after a prefix follow G(. | prefix): the prefix must be fed to the LSTM, not only copied."""
+    G = peaky_generator(vocab=6, seed=2)
+    prefix = torch.tensor([5, 2])
+    n = 20_000
+    samples = G.sample(n, 4, prefix=prefix, generator=seeded(9))
+    full, probs = exact_continuation_probs(G, prefix, 4)
+    counts = torch.bincount(encode(samples[:, 2:], 6), minlength=36)
+    assert chi_square_z(counts, probs) < Z_MAX
+    # and at temperature 2 the next token follows softmax(logits / 2)
+    hot = G.sample(n, 3, temperature=2.0, prefix=prefix, generator=seeded(10))
+    with torch.no_grad():
+        logits = G(torch.cat([prefix, torch.zeros(1, dtype=torch.long)]).unsqueeze(0))[0, 2]
+    counts = torch.bincount(hot[:, 2], minlength=6)
+    assert chi_square_z(counts, torch.softmax(logits.double() / 2.0, dim=-1)) < Z_MAX
+
+
+# ----- 2. reward layout (TextGAN-PyTorch issue #62) -----------------------------------------------------------
+def test_rewards_of_a_first_token_discriminator_are_constant_along_each_sequence():
+    vocab, B, T, N = 10, 5, 6, 3
+    G = peaky_generator(vocab, seed=3)
+    sequences = G.sample(B, T, generator=seeded(1))
+    sequences[:, 0] = torch.tensor([1, 3, 5, 7, 9])  # a distinct first token for every sequence
+
+    def first_token(tokens):
+        return tokens[:, 0].float() / vocab
+
+    rewards = rollout_rewards(G, sequences, N, first_token, generator_rng=seeded(2))
+    assert rewards.shape == (B, T)
+    expected = (sequences[:, 0].float() / vocab).unsqueeze(1).expand(B, T)
+    torch.testing.assert_close(rewards, expected, rtol=0, atol=1e-6)
+
+
+def test_rewards_of_a_third_token_discriminator_are_exact_once_the_token_is_in_the_prefix():
+    """A time-axis mix-up shows here: Q_t for prefixes that contain token 3 must be exactly f(token 3)."""
+    vocab, B, T, N = 10, 4, 6, 4
+    G = peaky_generator(vocab, seed=4)
+    sequences = G.sample(B, T, generator=seeded(3))
+    sequences[:, 2] = torch.tensor([2, 4, 6, 8])
+
+    def third_token(tokens):
+        return tokens[:, 2].float() / vocab
+
+    rewards = rollout_rewards(G, sequences, N, third_token, generator_rng=seeded(4))
+    expected = (sequences[:, 2].float() / vocab).unsqueeze(1).expand(B, T - 2)
+    torch.testing.assert_close(rewards[:, 2:], expected, rtol=0, atol=1e-6)  # prefix lengths 3..T and Q_T
+    assert ((rewards >= 0) & (rewards <= (vocab - 1) / vocab)).all()
+
+
+# ----- 3. batched rollout against exact probabilities and the naive reference -----------------------------------
+@pytest.mark.parametrize("T", [2, 5])
+def test_batched_rollout_shape_and_prefixes(T):
+    vocab, B, N = 7, 3, 4
+    G = peaky_generator(vocab, seed=5)
+    sequences = G.sample(B, T, generator=seeded(T))
+    completions = batched_rollout(G, sequences, N, generator_rng=seeded(1))
+    assert completions.shape == (T - 1, N, B, T)
+    for t in range(1, T):
+        assert torch.equal(completions[t - 1, :, :, :t], sequences[:, :t].expand(N, B, t))
+    assert int(completions.min()) >= 0 and int(completions.max()) < vocab
+
+
+def test_batched_rollout_completions_follow_the_generator_exactly():
+    vocab, T, N = 6, 4, 6_000
+    G = peaky_generator(vocab, seed=6)
+    sequences = torch.tensor([[0, 1, 2, 3], [5, 5, 0, 1], [2, 4, 4, 0]])
+    completions = batched_rollout(G, sequences, N, generator_rng=seeded(7))
+    for t in range(1, T):
+        for b in range(len(sequences)):
+            rows = completions[t - 1, :, b]
+            assert torch.equal(rows[:, :t], sequences[b, :t].expand(N, t))
+            _, probs = exact_continuation_probs(G, sequences[b, :t], T)
+            counts = torch.bincount(encode(rows[:, t:], vocab), minlength=vocab ** (T - t))
+            z = chi_square_z(counts, probs)
+            assert z < Z_MAX, f"prefix length {t} of sequence {b}: completions do not follow G (z = {z:.1f})"
+
+
+@torch.no_grad()
+def test_batched_and_naive_rollout_rewards_agree_with_the_exact_expectation():
+    vocab, T = 6, 4
+    G = peaky_generator(vocab, seed=8)
+    table = torch.rand(vocab ** T, generator=seeded(9))  # D = a fixed random function of the whole sequence
+
+    def reward_fn(tokens):
+        return table[encode(tokens, vocab)]
+
+    sequences = torch.tensor([[3, 0, 5, 2], [1, 1, 4, 4], [5, 2, 0, 3]])
+    B = len(sequences)
+    mean = torch.zeros(B, T, dtype=torch.float64)
+    var = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        for t in range(1, T):
+            full, probs = exact_continuation_probs(G, sequences[b, :t], T)
+            values = reward_fn(full).double()
+            mean[b, t - 1] = (probs * values).sum()
+            var[b, t - 1] = (probs * (values - mean[b, t - 1]) ** 2).sum()
+        mean[b, T - 1] = float(reward_fn(sequences[b:b + 1]))
+
+    n_batched, n_naive = 4_000, 300
+    batched = rollout_rewards(G, sequences, n_batched, reward_fn, generator_rng=seeded(10)).double()
+    torch.manual_seed(11)
+    naive = naive_rollout_rewards(G, sequences, n_naive, reward_fn).double()
+    for name, q, n in (("batched", batched, n_batched), ("naive", naive, n_naive)):
+        assert q.shape == (B, T)
+        # Q_T = D(Y) itself (the naive reference sums it once per roll-out, hence the rounding allowance)
+        torch.testing.assert_close(q[:, -1].float(), reward_fn(sequences), rtol=0, atol=1e-4 if n == n_naive else 0)
+        err = (q - mean).abs()
+        assert (err <= 5 * (var / n).sqrt() + 1e-4).all(), f"{name} rewards are off:\n{q}\nexact:\n{mean}"
+    assert ((batched - naive).abs() <= 5 * (var / n_batched + var / n_naive).sqrt() + 1e-4).all()
+
+
+def test_discriminator_reward_shares_prefix_windows_without_changing_the_rewards():
+    """The fast D reward (prefix windows computed once) scores every completion as D itself does."""
+    vocab, B, T, N = 9, 4, 6, 3
+    G = peaky_generator(vocab, seed=12)
+    torch.manual_seed(13)
+    D = Discriminator(vocab, T, emb_dim=8, filter_sizes=(1, 2, 3, 6), num_filters=(3, 4, 5, 2), dropout_keep=0.5)
+    D.train()  # the reward has to switch dropout off by itself, and leave the mode as it found it
+    sequences = G.sample(B, T, generator=seeded(14))
+    completions = batched_rollout(G, sequences, N, generator_rng=seeded(15))
+    with torch.no_grad():
+        plain_features = D.features(completions.reshape(-1, T)).view(T - 1, N, B, -1)
+        torch.testing.assert_close(D.completion_features(completions, sequences), plain_features,
+                                   rtol=1e-5, atol=1e-6)
+        D.eval()
+        expected = D.prob_real(completions.reshape(-1, T)).view(T - 1, N, B)
+        D.train()
+    reward = discriminator_reward(D)
+    scores = reward.score_completions(completions, sequences)
+    assert D.training
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reward.score_completions(completions, sequences), scores, rtol=0, atol=0)
+
+    def plain(tokens):  # the reward as a plain function: no sharing, no dropout
+        D.eval()
+        try:
+            return D.prob_real(tokens)
+        finally:
+            D.train()
+
+    q_fast = rollout_rewards(G, sequences, N, reward, generator_rng=seeded(16))
+    q_unshared = rollout_rewards(G, sequences, N, discriminator_reward(D, share_prefix_windows=False),
+                                 generator_rng=seeded(16))
+    q_plain = rollout_rewards(G, sequences, N, plain, generator_rng=seeded(16))
+    torch.testing.assert_close(q_fast, q_plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q_unshared, q_plain, rtol=1e-5, atol=1e-6)
+    assert ((q_fast > 0) & (q_fast < 1)).all()
+
+
+# ----- 5. a tiny run through every phase ------------------------------------------------------------------------
+def test_tiny_run_through_all_phases(tmp_path):
+    config = tiny_config()
+    train, heldout, evaluate = tiny_task(config)
+    seen = []
+    trainer = Trainer(config, train, tmp_path / "run", evaluate, seen.append)
+    assert trainer.run() == "finished"
+    run = RunDir(tmp_path / "run")
+
+    events = run.events()
+    assert without_times(events) == without_times(json.loads(json.dumps(seen)))  # callback == metrics.jsonl
+    assert [e["unit"] for e in events] == list(range(-1, len(config.units())))
+    init, rest = events[0], events[1:]
+    assert init["phase"] == "init" and {"nll_oracle", "nll_test"} <= init.keys()
+    totals = {"mle": config.mle_epochs, "d_pretrain": config.d_pretrain_rounds, "adversarial": config.adv_iters}
+    assert [e["phase"] for e in rest] == [p for p, _ in config.units()]
+    for e in rest:
+        phase, step, total = e["phase"], e["step"], e["total"]
+        assert total == totals[phase] and 1 <= step <= total
+        if phase in ("mle", "adversarial"):
+            assert math.isfinite(e["g_loss"])
+        if phase == "mle":
+            assert e["g_loss"] > 0
+        if phase in ("d_pretrain", "adversarial"):
+            assert math.isfinite(e["d_loss"]) and e["d_loss"] > 0
+            assert 0.0 <= e["d_acc"] <= 1.0
+        if phase == "adversarial":
+            assert 0.0 <= e["reward_mean"] <= 1.0
+        evaluated = phase != "d_pretrain" and ((step - 1) % config.eval_every == 0 or step == total)
+        assert ({"nll_oracle", "nll_test"} <= e.keys()) == evaluated, e
+        if evaluated:
+            assert 0 < e["nll_test"] < 10 and 0 < e["nll_oracle"] < 10
+    assert [e["step"] for e in rest if e["phase"] == "mle"] == list(range(1, config.mle_epochs + 1))
+
+    bundles = {role: load_bundle(run.checkpoint(role)) for role in ("mle", "seqgan", "latest")}
+    units = len(config.units())
+    for role, bundle in bundles.items():
+        assert bundle["format"] == FORMAT and bundle["role"] == role and bundle["kind"] == "tokens"
+        assert bundle["config"] == config.to_dict()
+        assert {"discriminator", "optimizers", "rng", "position"} <= bundle.keys()
+    assert bundles["mle"]["position"] == {"unit": config.mle_epochs, "total": units}
+    assert bundles["seqgan"]["position"] == bundles["latest"]["position"] == {"unit": units, "total": units}
+    assert state_equal(bundles["latest"]["generator"], trainer.generator.state_dict())
+    assert state_equal(bundles["latest"]["discriminator"], trainer.discriminator.state_dict())
+    assert state_equal(bundles["seqgan"]["generator"], bundles["latest"]["generator"])
+    assert not state_equal(bundles["mle"]["generator"], bundles["seqgan"]["generator"])
+    # mle.pt is the generator at the end of MLE: it reproduces that evaluation's NLL-test.
+    G = Generator(config.vocab_size, config.g_emb_dim, config.g_hidden_dim)
+    G.load_state_dict(bundles["mle"]["generator"])
+    last_mle = [e for e in rest if e["phase"] == "mle"][-1]
+    assert nll_under(G, heldout) == pytest.approx(last_mle["nll_test"], abs=1e-6)
+
+    status = run.read_json(run.status)
+    assert status["state"] == "finished"
+    assert status["unit"] == status["units"] == units
+
+
+# ----- 6. stop and resume give exactly the weights of an uninterrupted run ---------------------------------------
+def test_stop_and_resume_is_exactly_an_uninterrupted_run(tmp_path):
+    config = tiny_config(mle_epochs=4, d_pretrain_rounds=2, adv_iters=4, eval_every=3)
+    train, _, evaluate = tiny_task(config)
+    units = config.units()
+    mid_mle = units.index(("mle", 1))
+    mid_adv = units.index(("adversarial", 1))
+
+    reference = Trainer(config, train, tmp_path / "reference", evaluate)
+    assert reference.run() == "finished"
+
+    def stop_at(unit):
+        def callback(event):
+            if event["unit"] == unit:
+                holder[0].request_stop()
+        holder = []
+        return holder, callback
+
+    run_dir = tmp_path / "resumed"
+    latest = RunDir(run_dir).checkpoint("latest")
+    positions = []
+    for stop in (mid_mle, mid_adv, None):  # each leg is a new Trainer, as after a restart
+        holder, callback = stop_at(stop)
+        trainer = Trainer(config, train, run_dir, evaluate, callback)
+        holder.append(trainer)
+        if latest.exists():
+            trainer.restore(load_bundle(latest))
+        positions.append(trainer.unit)
+        assert trainer.run() == ("finished" if stop is None else "stopped")
+    assert positions == [0, mid_mle + 1, mid_adv + 1]
+
+    assert state_equal(trainer.generator.state_dict(), reference.generator.state_dict())
+    assert state_equal(trainer.discriminator.state_dict(), reference.discriminator.state_dict())
+    for name, opt in trainer.optimizers.items():
+        ours, theirs = opt.state_dict()["state"], reference.optimizers[name].state_dict()["state"]
+        assert all(state_equal(ours[k], theirs[k]) for k in theirs), f"optimizer {name} differs"
+    events, expected = RunDir(run_dir).events(), RunDir(tmp_path / "reference").events()
+    assert [e["unit"] for e in events] == list(range(-1, len(units)))  # no unit twice, none missing
+    assert without_times(events) == without_times(expected)
+    assert RunDir(run_dir).read_json(RunDir(run_dir).status)["state"] == "finished"
+
+
+def test_resume_from_an_earlier_checkpoint_drops_later_events_and_repeats_them_exactly(tmp_path):
+    config = tiny_config(mle_epochs=2, d_pretrain_rounds=1, adv_iters=2, eval_every=1)
+    train, _, evaluate = tiny_task(config, seed=13)
+    first = Trainer(config, train, tmp_path / "run", evaluate)
+    assert first.run() == "finished"
+    run = RunDir(tmp_path / "run")
+    finished_events = without_times(run.events())
+
+    again = Trainer(config, train, run, evaluate)
+    again.restore(load_bundle(run.checkpoint("mle")))  # the end of MLE: units after it are to be redone
+    assert again.unit == config.mle_epochs
+    assert [e["unit"] for e in run.events()] == list(range(-1, config.mle_epochs))
+    assert again.run() == "finished"
+    assert without_times(run.events()) == finished_events
+    assert state_equal(again.generator.state_dict(), first.generator.state_dict())
+    assert state_equal(again.discriminator.state_dict(), first.discriminator.state_dict())
+
+
+# ----- 7. configuration errors and tampered checkpoints ----------------------------------------------------------
+@pytest.mark.parametrize("overrides, option", [
+    (dict(seq_len=1), "seq_len"),
+    (dict(mle_epochs=-1), "mle_epochs"),
+    (dict(adv_iters=-2), "adv_iters"),
+    (dict(seq_len=4, d_filter_sizes=[2, 5], d_num_filters=[3, 3]), "d_filter_sizes"),
+    (dict(d_filter_sizes=[2, 3], d_num_filters=[4]), "d_num_filters"),
+    (dict(d_filter_sizes=[2, 3], d_num_filters=[4, 0]), "d_num_filters"),
+    (dict(reward="foo"), "reward"),
+    (dict(baseline="max"), "baseline"),
+    (dict(d_dropout_keep=0.0), "d_dropout_keep"),
+    (dict(mle_lr=float("nan")), "mle_lr"),
+    (dict(pg_lr=float("inf")), "pg_lr"),
+    (dict(d_lr=-1e-4), "d_lr"),
+    (dict(scheduled_sampling=1.5), "scheduled_sampling"),
+    (dict(start_token=20), "start_token"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(rollouts=0), "rollouts"),
+    (dict(checkpoint_seconds=-1.0), "checkpoint_seconds"),
+    (dict(device="tpu"), "device"),
+])
+def test_bad_configuration_values_name_the_option(overrides, option):
+    config = tiny_config(**overrides)
+    with pytest.raises(ConfigError) as info:
+        config.validate()
+    assert option in str(info.value), f"the message does not name {option}: {info.value}"
+    with pytest.raises(ConfigError):  # the trainer refuses it as well, before any work
+        Trainer(config, torch.zeros(4, max(config.seq_len, 1), dtype=torch.long))
+
+
+def test_trainer_refuses_data_that_does_not_fit_the_config():
+    config = tiny_config()
+    with pytest.raises(ConfigError, match="0..19"):
+        Trainer(config, torch.full((4, 6), 20))
+    with pytest.raises(ConfigError, match="6"):
+        Trainer(config, torch.zeros(4, 5, dtype=torch.long))
+
+
+class _RunsACommand:
+    """Unpickling this runs a shell command: a hostile checkpoint or oracle file."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.fixture
+def small_bundle(tmp_path):
+    config = tiny_config()
+    trainer = Trainer(config, torch.zeros(4, 6, dtype=torch.long))
+    path = tmp_path / "good.pt"
+    save_bundle(trainer.bundle("latest"), path)
+    return path
+
+
+def test_a_good_bundle_loads(small_bundle):
+    bundle = load_bundle(small_bundle)
+    assert bundle["format"] == FORMAT
+    assert load_bundle(small_bundle.read_bytes())["config"] == bundle["config"]
+
+
+def test_tampered_checkpoints_are_refused_without_running_code(tmp_path, small_bundle):
+    marker = tmp_path / "code-ran"
+    good = small_bundle.read_bytes()
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"format": FORMAT, "kind": "tokens", "config": {}, "generator": {},
+                "extra": _RunsACommand(f"touch {marker}")}, hostile)
+    garbage = bytes(torch.randint(0, 256, (4096,), generator=seeded(1), dtype=torch.uint8).tolist())
+    cases = {
+        "random.pt": garbage,
+        "truncated.pt": good[:len(good) // 2],
+        "empty.pt": b"",
+        "hostile.pt": hostile.read_bytes(),
+        "foreign.pt": bundle_bytes({"weights": torch.zeros(3)}),
+        "incomplete.pt": bundle_bytes({"format": FORMAT, "kind": "tokens"}),
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(InputError) as info:
+            load_bundle(path)
+        assert str(path) in str(info.value), name
+        with pytest.raises(InputError):
+            load_bundle(data, name="upload")
+    with pytest.raises(InputError, match="no such"):
+        load_bundle(tmp_path / "missing.pt")
+    assert not marker.exists(), "loading a checkpoint ran code from it"
+

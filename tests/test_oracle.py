@@ -1,0 +1,241 @@
+"""The synthetic oracle: the paper's equations, its files, its safety, token files, and the Table 1 experiment."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from seqgan.errors import InputError
+from seqgan.experiments import MODELS, run_oracle_experiment
+from seqgan.oracle import (ARRAY_NAMES, load_oracle, load_oracle_arrays, nll_under, random_oracle, read_token_file,
+                           save_oracle, write_token_file)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def reference_arrays(path) -> list[np.ndarray]:
+    """The README's own recipe (a trusted file, so plain pickle is fine here)."""
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def numpy_log_probs(arrays, tokens: np.ndarray) -> np.ndarray:
+    """log p(token_t | tokens before t) by the README's equations, in float64."""
+    E, Wi, Ui, bi, Wf, Uf, bf, Wog, Uog, bog, Wc, Uc, bc, Wo, bo = (np.asarray(a, dtype=np.float64) for a in arrays)
+
+    def sigmoid(x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    n, T = tokens.shape
+    h = np.zeros((n, Ui.shape[0]))
+    c = np.zeros_like(h)
+    x = np.repeat(E[0:1], n, axis=0)
+    out = np.zeros((n, T))
+    for t in range(T):
+        i = sigmoid(x @ Wi + h @ Ui + bi)
+        f = sigmoid(x @ Wf + h @ Uf + bf)
+        o = sigmoid(x @ Wog + h @ Uog + bog)
+        c = f * c + i * np.tanh(x @ Wc + h @ Uc + bc)
+        h = o * np.tanh(c)
+        logits = h @ Wo + bo
+        top = logits.max(axis=1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+        out[:, t] = logp[np.arange(n), tokens[:, t]]
+        x = E[tokens[:, t]]
+    return out
+
+
+# ----- the paper's oracle -------------------------------------------------------------------------------------
+def test_paper_oracle_follows_the_readme_equations(paper_oracle_params):
+    arrays = reference_arrays(paper_oracle_params)
+    assert [a.shape for a in arrays[:2]] == [(5000, 32), (32, 32)]
+    oracle = load_oracle(paper_oracle_params)
+    assert oracle.vocab_size == 5000
+    tokens = torch.cat([torch.randint(0, 5000, (4, 20), generator=seeded(0)),
+                        oracle.sample(4, 20, generator=seeded(1))])
+    expected = numpy_log_probs(arrays, tokens.numpy())
+    got = oracle.log_probs(tokens).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_paper_oracle_samples_score_about_5_75(paper_oracle_params):
+    oracle = load_oracle(paper_oracle_params)
+    samples = oracle.sample(500, 20, generator=seeded(2024))
+    assert 5.5 < nll_under(oracle, samples) < 6.0
+    uniform = torch.randint(0, 5000, (200, 20), generator=seeded(1))
+    assert 11.0 < nll_under(oracle, uniform) < 11.8  # README: uniformly random tokens about 11.4
+
+
+def test_both_paper_pickles_hold_the_same_oracle(shared_dir):
+    reference = shared_dir / "seqgan-reference"
+    a = load_oracle_arrays(reference / "target_params.pkl")
+    b = load_oracle_arrays(reference / "target_params_py3.pkl")
+    assert len(a) == len(b) == len(ARRAY_NAMES)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_save_and_load_oracle_round_trip(tmp_path, paper_oracle_params):
+    oracle = load_oracle(paper_oracle_params)
+    path = tmp_path / "oracle.pt"
+    save_oracle(oracle, path)
+    again = load_oracle(path)
+    original, loaded = oracle.state_dict(), again.state_dict()
+    assert all(torch.equal(original[k], loaded[k]) for k in original)
+    assert all(np.array_equal(x, y) for x, y in zip(load_oracle_arrays(path), reference_arrays(paper_oracle_params)))
+
+
+# ----- random oracles -----------------------------------------------------------------------------------------
+def test_random_oracle_is_deterministic_per_seed_and_standard_normal(tmp_path):
+    a, b, c = random_oracle(7, 200, 32, 32), random_oracle(7, 200, 32, 32), random_oracle(8, 200, 32, 32)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["embedding.weight"], sc["embedding.weight"])
+    assert torch.equal(sa["lstm.bias_hh_l0"], torch.zeros_like(sa["lstm.bias_hh_l0"]))
+    drawn = torch.cat([v.flatten() for k, v in sa.items() if k != "lstm.bias_hh_l0"])
+    assert abs(float(drawn.mean())) < 0.05 and 0.95 < float(drawn.std()) < 1.05  # N(0, 1) as in the paper
+    save_oracle(a, tmp_path / "a.pt")
+    loaded = load_oracle(tmp_path / "a.pt")
+    tokens = a.sample(16, 8, generator=seeded(0))
+    torch.testing.assert_close(loaded.log_probs(tokens), a.log_probs(tokens), rtol=0, atol=1e-6)
+
+
+# ----- hostile and broken oracle files ------------------------------------------------------------------------
+class _RunsACommand:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_oracle_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "code-ran"
+    command = _RunsACommand(f"touch {marker}")
+    pickled = tmp_path / "hostile.pkl"
+    pickled.write_bytes(pickle.dumps([np.zeros(2, np.float32)] * 3 + [command] + [np.zeros(2, np.float32)] * 11))
+    zipped = tmp_path / "hostile.pt"
+    torch.save({name: command for name in ARRAY_NAMES}, zipped)
+    for path in (pickled, zipped):
+        with pytest.raises(InputError) as info:
+            load_oracle(path)
+        assert str(path) in str(info.value) and "system" in str(info.value)  # refused for the right reason
+    assert not marker.exists(), "loading an oracle file ran code from it"
+
+
+def good_arrays(vocab=7, emb=5, hidden=4, seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = [(vocab, emb)] + [(emb, hidden), (hidden, hidden), (hidden,)] * 4 + [(hidden, vocab), (vocab,)]
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def test_a_small_oracle_pickle_loads_and_follows_the_equations(tmp_path):
+    arrays = good_arrays()
+    path = tmp_path / "small.pkl"
+    path.write_bytes(pickle.dumps(arrays))
+    oracle = load_oracle(path)
+    tokens = torch.randint(0, 7, (6, 9), generator=seeded(3))
+    np.testing.assert_allclose(oracle.log_probs(tokens).double().numpy(), numpy_log_probs(arrays, tokens.numpy()),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("broken", ["fourteen arrays", "embedding is 1-D", "a gate of the wrong size", "not a list"])
+def test_oracle_files_that_do_not_fit_the_equations_are_input_errors(tmp_path, broken):
+    arrays = good_arrays()
+    if broken == "fourteen arrays":
+        arrays = arrays[:14]
+    elif broken == "embedding is 1-D":
+        arrays[0] = arrays[0][0]
+    elif broken == "a gate of the wrong size":
+        arrays[5] = np.zeros((3, 3), np.float32)  # Uf
+    else:
+        arrays = {"E": arrays[0]}
+    path = tmp_path / "broken.pkl"
+    path.write_bytes(pickle.dumps(arrays))
+    with pytest.raises(InputError) as info:
+        load_oracle(path)
+    assert str(path) in str(info.value)
+
+
+# ----- token files --------------------------------------------------------------------------------------------
+def test_token_file_round_trip(tmp_path):
+    tokens = torch.randint(0, 50, (12, 7), generator=seeded(4))
+    path = tmp_path / "tokens.txt"
+    write_token_file(tokens, path)
+    assert torch.equal(read_token_file(path, 50), tokens)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("1 2 3\n4 5\n", "different lengths"),
+    ("1 2 3\n4 five 6\n", "integer"),
+    ("1 2 3\n4 5.5 6\n", "integer"),
+    ("", "no sequences"),
+    ("\n  \n", "no sequences"),
+    ("1 2 3\n4 -1 6\n", "0.."),
+    ("1 2 3\n4 50 6\n", "0..49"),
+    (b"1 2 \xff\n", "UTF-8"),
+])
+def test_bad_token_files_are_input_errors_naming_the_file(tmp_path, content, problem):
+    path = tmp_path / "bad tokens.txt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(InputError) as info:
+        read_token_file(path, 50)
+    assert info.value.source == str(path)
+    assert str(path) in str(info.value) and problem in str(info.value)
+    with pytest.raises(InputError):
+        read_token_file(tmp_path / "missing.txt")
+
+
+# ----- 9. the Table 1 experiment on a tiny schedule -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    out, logs = tmp_path_factory.mktemp("oracle_experiment"), []
+    table = run_oracle_experiment(
+        "cpu", [1], out, device="cpu", log=logs.append, num_train=128, batch_size=32, mle_epochs=2,
+        d_pretrain_rounds=1, d_epochs=1, adv_iters=2, d_steps=1, eval_every=1, eval_samples=64, rollouts=2,
+        num_negatives=64, d_filter_sizes=[2, 3], d_num_filters=[4, 4])
+    return out, table, logs
+
+
+def test_oracle_experiment_writes_table1_and_figure2(tiny_experiment):
+    out, table, logs = tiny_experiment
+    assert list(table) == list(MODELS)
+    assert all(math.isfinite(row["mean"]) and row["sd"] == 0.0 for row in table.values())
+    assert table["MLE"]["mean"] < table["Random"]["mean"]  # two MLE epochs already beat the untrained G
+
+    saved = json.loads((out / "table1.json").read_text())
+    assert saved["seeds"] == [1] and list(saved["table"]) == list(MODELS)
+    assert saved["table"]["SeqGAN"]["mean"] == pytest.approx(table["SeqGAN"]["mean"])
+    markdown = (out / "table1.md").read_text()
+    for model in MODELS:
+        assert f"| {model} | {table[model]['mean']:.3f}" in markdown
+    png = (out / "figure2.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
+
+    curves = json.loads((out / "seed1" / "result.json").read_text())["curves"]
+    assert set(curves) == set(MODELS)
+    assert curves["Random"] == [[0, table["Random"]["mean"]]]
+    assert [p[0] for p in curves["MLE"]] == [0, 1, 2]  # before training, then every MLE epoch
+    assert curves["MLE"][-1][1] == table["MLE"]["mean"]
+    assert curves["SeqGAN"][-1][1] == table["SeqGAN"]["mean"] and curves["PG-BLEU"][-1][1] == table["PG-BLEU"]["mean"]
+    assert len(curves["SS"]) == 3
+    assert any("PG-BLEU" in line for line in logs)
+
+
+def test_figure2_puts_seqgan_and_pg_bleu_on_the_same_axis(tiny_experiment):
+    """Figure 2's x axis is "MLE epochs, then adversarial iterations (discriminator pre-training not shown)":
+    SeqGAN and PG-BLEU both continue from the MLE generator at x = 2 and are evaluated at x = 3 and 4."""
+    out, _, _ = tiny_experiment
+    curves = json.loads((out / "seed1" / "result.json").read_text())["curves"]
+    assert [p[0] for p in curves["PG-BLEU"]] == [3, 4]
+    assert [p[0] for p in curves["SeqGAN"]] == [2, 3, 4]
