@@ -48,7 +48,8 @@ def config_overrides(args) -> dict:
 # ----- seqgan train ---------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .checkpoint import load_bundle
-    from .oracle import load_oracle, oracle_evaluator, random_oracle, read_token_file, save_oracle, write_token_file
+    from .corpus import read_token_file, write_token_file
+    from .oracle import load_oracle, oracle_evaluator, random_oracle, save_oracle
     from .runs import RunDir
     from .train import TrainConfig, Trainer, resolve_device
 
@@ -168,7 +169,8 @@ def cmd_bleu(args) -> int:
 
 # ----- seqgan oracle --------------------------------------------------------------------------------------
 def cmd_oracle_nll(args) -> int:
-    from .oracle import load_oracle, nll_under, read_token_file
+    from .corpus import read_token_file
+    from .oracle import load_oracle, nll_under
 
     oracle = load_oracle(args.params)
     tokens = read_token_file(args.file, oracle.vocab_size)

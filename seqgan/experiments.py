@@ -26,8 +26,8 @@ import torch
 
 from .checkpoint import load_bundle
 from .metrics import BleuScorer
-from .oracle import (PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator, random_oracle,
-                     save_oracle, write_token_file)
+from .corpus import write_token_file
+from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator, random_oracle, save_oracle
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device
 

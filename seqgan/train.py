@@ -29,12 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import FORMAT, save_bundle, tokenizer_tensor
+from .corpus import write_token_file
 from .errors import ConfigError
 from .models import PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, sample_from_logits
 from .rollout import RewardFn, discriminator_reward, rollout_rewards
 from .runs import RunDir
 
 PHASES = ("mle", "d_pretrain", "adversarial")
+SAMPLES_KEPT = 32  # sequences written to samples/ at each evaluation
 REWARDS = ("discriminator", "bleu")
 BASELINES = ("none", "mean")
 
@@ -319,11 +321,15 @@ class Trainer:
         return event
 
     # ----- the loop ----------------------------------------------------------------------------------------
-    def evaluate(self) -> dict:
-        if self.evaluate_fn is None:
-            return {}
+    def evaluate(self, name: str) -> dict:
+        """Metrics of the generator now, and a few of its samples in ``samples/<name>.txt``."""
         rng = torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + self.unit)
         self.generator.eval()
+        if self.run_dir is not None:
+            write_token_file(self.generator.sample(SAMPLES_KEPT, self.config.seq_len, generator=rng),
+                             self.run_dir.samples / f"{name}.txt")
+        if self.evaluate_fn is None:
+            return {}
         with torch.no_grad():
             return self.evaluate_fn(self.generator, rng)
 
@@ -345,7 +351,7 @@ class Trainer:
         c = self.config
         self._status("running")
         if self.unit == 0:
-            self.emit({"unit": -1, "phase": "init", "step": 0, "total": 0, **self.evaluate()})
+            self.emit({"unit": -1, "phase": "init", "step": 0, "total": 0, **self.evaluate("init")})
         while self.unit < len(self.schedule):
             phase, index = self.schedule[self.unit]
             started = time.perf_counter()
@@ -358,7 +364,7 @@ class Trainer:
             total = sum(1 for p, _ in self.schedule if p == phase)
             last_of_phase = index == total - 1
             if phase != "d_pretrain" and (index % c.eval_every == 0 or last_of_phase):
-                event.update(self.evaluate())
+                event.update(self.evaluate(f"{phase}-{index + 1:04d}"))
             self.unit += 1
             self.emit({"unit": self.unit - 1, "phase": phase, "step": index + 1, "total": total,
                        "seconds": time.perf_counter() - started, **event})

@@ -17,7 +17,8 @@ from seqgan.checkpoint import load_bundle
 from seqgan.cli import main
 from seqgan.metrics import bleu
 from seqgan.models import Generator
-from seqgan.oracle import load_oracle, nll_under, random_oracle, read_token_file, save_oracle, write_token_file
+from seqgan.corpus import read_token_file, write_token_file
+from seqgan.oracle import load_oracle, nll_under, random_oracle, save_oracle
 from seqgan.runs import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

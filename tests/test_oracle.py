@@ -13,8 +13,8 @@ import torch
 
 from seqgan.errors import InputError
 from seqgan.experiments import MODELS, run_oracle_experiment
-from seqgan.oracle import (ARRAY_NAMES, load_oracle, load_oracle_arrays, nll_under, random_oracle, read_token_file,
-                           save_oracle, write_token_file)
+from seqgan.corpus import read_token_file, write_token_file
+from seqgan.oracle import ARRAY_NAMES, load_oracle, load_oracle_arrays, nll_under, random_oracle, save_oracle
 
 
 def seeded(seed: int) -> torch.Generator:
