@@ -32,6 +32,43 @@ def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, generator
     return tokens.clamp_(max=logits.shape[-1] - 1)  # u * total can round up to total itself
 
 
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_r w_r * -log softmax(h_r W^T + b)[y_r], with its gradient computed in the same pass, chunk by chunk.
+
+    Autograd would keep the whole [rows, V] logits and run log-softmax forward and backward over it, out of
+    cache; this computes each chunk's logits, loss and gradient while they are in cache. Same three matrix
+    products, fewer passes over memory (the MLE-epoch figure in BENCHMARKS.md measures the difference).
+    """
+
+    CHUNK = 128
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, row_weights):
+        needs_grad = any(ctx.needs_input_grad[:3])
+        total = hidden.new_zeros(())
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(weight) if needs_grad else None
+        grad_bias = torch.zeros_like(bias) if needs_grad else None
+        for i in range(0, len(hidden), LinearCrossEntropy.CHUNK):
+            h, y, w = (x[i:i + LinearCrossEntropy.CHUNK] for x in (hidden, targets, row_weights))
+            logits = torch.addmm(bias, h, weight.t())
+            lse = torch.logsumexp(logits, dim=1)
+            total += (w * (lse - logits.gather(1, y.unsqueeze(1)).squeeze(1))).sum()
+            if needs_grad:  # d/dlogits = w * (softmax - onehot)
+                grad = logits.sub_(lse.unsqueeze(1)).exp_().mul_(w.unsqueeze(1))
+                grad.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
+                torch.mm(grad, weight, out=grad_hidden[i:i + LinearCrossEntropy.CHUNK])
+                grad_weight.addmm_(grad.t(), h)
+                grad_bias += grad.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, grad_bias * grad_output, None, None
+
+
 class Generator(nn.Module):
     """LSTM policy G(y_t | y_1..y_t-1): embedding -> LSTM -> linear to the vocabulary."""
 
@@ -61,10 +98,18 @@ class Generator(nn.Module):
         logp = F.log_softmax(self(tokens), dim=-1)
         return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
+    def weighted_nll(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum over b, t of -weights[b, t] * log G(tokens[b, t] | tokens[b, :t]), fused with its gradient.
+
+        With weights 1/(B*T) this is the MLE loss; with weights Q it is the policy-gradient loss -sum log G * Q.
+        """
+        hidden, _ = self.lstm(self.embedding(self.inputs_for(tokens)))
+        return LinearCrossEntropy.apply(hidden.reshape(-1, self.hidden_dim), self.output.weight, self.output.bias,
+                                        tokens.reshape(-1), weights.reshape(-1).to(hidden.dtype))
+
     def nll(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood per token (the MLE loss)."""
-        logits = self(tokens)
-        return F.cross_entropy(logits.reshape(-1, self.vocab_size), tokens.reshape(-1))
+        return self.weighted_nll(tokens, torch.full(tokens.shape, 1.0 / tokens.numel(), device=tokens.device))
 
     def step(self, token: torch.Tensor, state: LSTMState | None) -> tuple[torch.Tensor, LSTMState]:
         """Feed one token per row; return the LSTM output [rows, H] (not yet logits) and the new state."""

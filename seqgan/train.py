@@ -306,7 +306,7 @@ class Trainer:
         if c.baseline == "mean":
             rewards = rewards - rewards.mean(dim=0, keepdim=True)
         G.train()
-        loss = -(G.log_probs(samples) * rewards).sum()
+        loss = G.weighted_nll(samples, rewards)  # -sum over batch and time of log G(y_t | Y_1:t-1) * Q_t
         self._step(self.optimizers["pg"], loss, G.parameters())
         return {"g_loss": loss.item(), "reward_mean": rewards.mean().item()}
 
