@@ -78,9 +78,12 @@ def bleu_reward(references: torch.Tensor, n: int):
     return reward
 
 
+RUN_DIRS = {"SeqGAN": "seqgan", "PG-BLEU": "pg_bleu", "SS": "ss"}  # Random and MLE come from the SeqGAN run
+
+
 def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = None, device: str = "auto",
              models=MODELS, log=print, **overrides) -> dict:
-    """Train every model for one seed; returns {model: final NLL-oracle} plus the curves."""
+    """Train every model for one seed into ``out_dir``; returns ``seed_summary(out_dir)``."""
     config, num_train = preset_config(preset, seed, device, **overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,101 +97,119 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
     on = resolve_device(config.device)
     evaluator = oracle_evaluator(oracle.to(on), config.eval_samples, config.seq_len, heldout.to(on))
 
-    curves: dict[str, list] = {}
-    results: dict[str, float] = {}
-
-    def collect(name):
+    def progress(name):
         def callback(event):
-            if "nll_oracle" in event:  # x: MLE epochs, then adversarial iterations after them
-                x = config.mle_epochs + event["step"] if event["phase"] == "adversarial" else event["step"]
-                curves.setdefault(name, []).append([x, event["nll_oracle"]])
+            if "nll_oracle" in event:
                 log(f"[seed {seed}] {name:7s} {event['phase']:11s} {event['step']:4d}/{event['total']:<4d} "
-                    f"nll_oracle={event['nll_oracle']:.4f}")
+                    f"nll_oracle={event['nll_oracle']:.4f} nll_test={event['nll_test']:.4f}")
         return callback
 
     started = time.time()
-    seqgan_dir = RunDir(out_dir / "seqgan")
-    if {"Random", "MLE", "SeqGAN", "PG-BLEU"} & set(models):
-        schedule_mle_end = config.mle_epochs
-        seqgan_config = config if "SeqGAN" in models else replace(config, d_pretrain_rounds=0, adv_iters=0)
-        trainer = Trainer(seqgan_config, train, seqgan_dir, evaluator, collect("SeqGAN"), kind="oracle",
-                          extra={"oracle": "../oracle.pt"})
-        trainer.run()
-        seqgan_curve = curves.pop("SeqGAN")
-        curves["Random"] = seqgan_curve[:1]
-        curves["MLE"] = [p for p in seqgan_curve if p[0] <= schedule_mle_end]
-        if "SeqGAN" in models:
-            curves["SeqGAN"] = [p for p in seqgan_curve if p[0] >= schedule_mle_end]
-            results["SeqGAN"] = seqgan_curve[-1][1]
-        results["Random"], results["MLE"] = curves["Random"][0][1], curves["MLE"][-1][1]
-        log(f"[seed {seed}] MLE and SeqGAN done in {time.time() - started:.0f} s")
+    seqgan_dir = RunDir(out_dir / RUN_DIRS["SeqGAN"])
+    seqgan_config = config if "SeqGAN" in models else replace(config, d_pretrain_rounds=0, adv_iters=0)
+    Trainer(seqgan_config, train, seqgan_dir, evaluator, progress("SeqGAN"), kind="oracle",
+            extra={"oracle": "../oracle.pt"}).run()
+    log(f"[seed {seed}] MLE and SeqGAN done in {time.time() - started:.0f} s")
 
     if "PG-BLEU" in models:
         pg_config = replace(config, reward="bleu")
-        trainer = Trainer(pg_config, train, RunDir(out_dir / "pg_bleu"), evaluator, collect("PG-BLEU"),
+        trainer = Trainer(pg_config, train, RunDir(out_dir / RUN_DIRS["PG-BLEU"]), evaluator, progress("PG-BLEU"),
                           reward_fn=bleu_reward(train, pg_config.bleu_n), kind="oracle")
         trainer.restore(load_bundle(seqgan_dir.checkpoint("mle")), position=config.mle_epochs, weights_only=True)
         trainer.run()
-        results["PG-BLEU"] = curves["PG-BLEU"][-1][1]
         log(f"[seed {seed}] PG-BLEU done at {time.time() - started:.0f} s")
 
     if "SS" in models:
         ss_config = replace(config, scheduled_sampling=0.25, d_pretrain_rounds=0, adv_iters=0)
-        trainer = Trainer(ss_config, train, RunDir(out_dir / "ss"), evaluator, collect("SS"), kind="oracle")
-        trainer.run()
-        results["SS"] = curves["SS"][-1][1]
+        Trainer(ss_config, train, RunDir(out_dir / RUN_DIRS["SS"]), evaluator, progress("SS"), kind="oracle").run()
         log(f"[seed {seed}] SS done at {time.time() - started:.0f} s")
 
-    results = {m: results[m] for m in MODELS if m in results}
-    summary = {"seed": seed, "preset": preset, "config": config.to_dict(), "nll_oracle": results,
-               "oracle_self_nll": nll_under(oracle, heldout), "curves": curves,
-               "seconds": time.time() - started}
-    (out_dir / "result.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    meta = {"seed": seed, "preset": preset, "config": config.to_dict(), "models": list(models),
+            "oracle_self_nll": nll_under(oracle, heldout), "seconds": time.time() - started}
+    (out_dir / "seed.json").write_text(json.dumps(meta, indent=1))
+    return seed_summary(out_dir)
+
+
+def evaluation_points(run: RunDir, mle_epochs: int) -> list[list[float]]:
+    """[x, nll_oracle, nll_test] of every evaluation; x counts MLE epochs, then adversarial iterations."""
+    points = []
+    for event in run.events():
+        if "nll_oracle" in event:
+            x = {"init": 0, "mle": event["step"]}.get(event["phase"], mle_epochs + event["step"])
+            points.append([x, event["nll_oracle"], event.get("nll_test", float("nan"))])
+    return points
+
+
+def seed_summary(seed_dir: str | Path) -> dict:
+    """One seed's curves and final values, read back from its run directories' metrics.jsonl."""
+    seed_dir = Path(seed_dir)
+    meta = json.loads((seed_dir / "seed.json").read_text())
+    mle_epochs = meta["config"]["mle_epochs"]
+    curves = {}
+    seqgan = evaluation_points(RunDir(seed_dir / RUN_DIRS["SeqGAN"]), mle_epochs)
+    curves["Random"] = seqgan[:1]
+    curves["MLE"] = [p for p in seqgan if p[0] <= mle_epochs]
+    if "SeqGAN" in meta["models"]:
+        curves["SeqGAN"] = [p for p in seqgan if p[0] >= mle_epochs]
+    for model in ("PG-BLEU", "SS"):
+        if model in meta["models"]:
+            curves[model] = evaluation_points(RunDir(seed_dir / RUN_DIRS[model]), mle_epochs)
+    final = {m: {"nll_oracle": c[-1][1], "nll_test": c[-1][2]} for m, c in curves.items() if c}
+    return {**meta, "curves": curves, "final": final}
 
 
 def summarize(summaries: list[dict]) -> dict:
-    """Mean and sample standard deviation of each model's final NLL-oracle over seeds."""
+    """Mean and sample standard deviation over seeds of each model's final NLL-oracle and NLL-test."""
     table = {}
     for model in MODELS:
-        values = [s["nll_oracle"][model] for s in summaries if model in s["nll_oracle"]]
-        if values:
-            table[model] = {"mean": statistics.fmean(values),
-                            "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+        rows = [s["final"][model] for s in summaries if model in s["final"]]
+        if rows:
+            table[model] = {}
+            for metric in ("nll_oracle", "nll_test"):
+                values = [r[metric] for r in rows]
+                table[model][metric] = {"mean": statistics.fmean(values), "values": values,
+                                        "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
     return table
 
 
 def markdown_table(table: dict, preset: str, seeds: list[int]) -> str:
-    lines = [f"NLL-oracle (lower is better), preset `{preset}`, seeds {', '.join(map(str, seeds))}",
-             "", "| Model | NLL-oracle (mean ± sd) | paper |", "|---|---|---|"]
+    lines = [f"Preset `{preset}`, seeds {', '.join(map(str, seeds))}: mean ± sd over seeds. NLL-oracle: the oracle's "
+             "NLL of the model's samples (quality; lower is better). NLL-test: the model's NLL of held-out oracle "
+             "samples (coverage; rises when the model drops modes).",
+             "", "| Model | NLL-oracle | NLL-test | paper NLL-oracle |", "|---|---|---|---|"]
     for model, row in table.items():
-        lines.append(f"| {model} | {row['mean']:.3f} ± {row['sd']:.3f} | {PAPER_TABLE1[model]:.3f} |")
+        o, t = row["nll_oracle"], row["nll_test"]
+        lines.append(f"| {model} | {o['mean']:.3f} ± {o['sd']:.3f} | {t['mean']:.3f} ± {t['sd']:.3f} "
+                     f"| {PAPER_TABLE1[model]:.3f} |")
     if "MLE" in table and "SeqGAN" in table:
-        gap = [m - s for m, s in zip(table["MLE"]["values"], table["SeqGAN"]["values"])]
-        lines += ["", f"MLE − SeqGAN per seed: {', '.join(f'{g:+.3f}' for g in gap)}"]
+        gap = [m - s for m, s in zip(table["MLE"]["nll_oracle"]["values"], table["SeqGAN"]["nll_oracle"]["values"])]
+        lines += ["", f"NLL-oracle, MLE − SeqGAN per seed: {', '.join(f'{g:+.3f}' for g in gap)}"]
     return "\n".join(lines) + "\n"
 
 
 def plot_curves(summaries: list[dict], path: Path) -> None:
-    """Figure 2: NLL-oracle over the schedule for every model (mean over seeds)."""
+    """Figure 2: NLL-oracle (and NLL-test) over the schedule for every model, mean over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for model in MODELS:
-        series = [s["curves"][model] for s in summaries if model in s["curves"]]
-        if not series or model == "Random":
-            continue
-        steps = [p[0] for p in series[0]]
-        means = [statistics.fmean(c[i][1] for c in series if i < len(c)) for i in range(len(steps))]
-        ax.plot(steps, means, label=model, marker="." if len(steps) < 60 else None)
-    if summaries and "MLE" in summaries[0]["curves"]:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for panel, (column, label) in enumerate([(1, "NLL-oracle (quality)"), (2, "NLL-test (coverage)")]):
+        ax = axes[panel]
+        for model in MODELS:
+            series = [s["curves"][model] for s in summaries if model in s["curves"]]
+            if not series or model == "Random":
+                continue
+            length = min(len(c) for c in series)
+            steps = [series[0][i][0] for i in range(length)]
+            means = [statistics.fmean(c[i][column] for c in series) for i in range(length)]
+            ax.plot(steps, means, label=model, marker="." if length < 60 else None)
         ax.axvline(summaries[0]["config"]["mle_epochs"], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("MLE epochs, then adversarial iterations (discriminator pre-training not shown)")
-    ax.set_ylabel("NLL-oracle")
-    ax.legend()
-    ax.grid(alpha=0.3)
+        ax.set_xlabel("MLE epochs, then adversarial iterations")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"Synthetic oracle, preset {summaries[0]['preset']}, mean of {len(summaries)} seed(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -203,9 +224,9 @@ def run_oracle_experiment(preset: str, seeds: list[int], out_dir: str | Path, or
 
 
 def write_report(out_dir: str | Path, seeds: list[int]) -> dict:
-    """Table 1 (markdown + JSON) and Figure 2 from the seeds' result.json files (seeds may run in parallel)."""
+    """Table 1 (markdown + JSON) and Figure 2 from the seeds' run directories (seeds may run in parallel)."""
     out_dir = Path(out_dir)
-    summaries = [json.loads((out_dir / f"seed{seed}" / "result.json").read_text()) for seed in seeds]
+    summaries = [seed_summary(out_dir / f"seed{seed}") for seed in seeds]
     preset = summaries[0]["preset"]
     table = summarize(summaries)
     (out_dir / "table1.md").write_text(markdown_table(table, preset, seeds))

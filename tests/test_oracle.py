@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from seqgan.errors import InputError
-from seqgan.experiments import MODELS, run_oracle_experiment
+from seqgan.experiments import MODELS, run_oracle_experiment, seed_summary
 from seqgan.corpus import read_token_file, write_token_file
 from seqgan.oracle import ARRAY_NAMES, load_oracle, load_oracle_arrays, nll_under, random_oracle, save_oracle
 
@@ -210,32 +210,36 @@ def tiny_experiment(tmp_path_factory):
 def test_oracle_experiment_writes_table1_and_figure2(tiny_experiment):
     out, table, logs = tiny_experiment
     assert list(table) == list(MODELS)
-    assert all(math.isfinite(row["mean"]) and row["sd"] == 0.0 for row in table.values())
-    assert table["MLE"]["mean"] < table["Random"]["mean"]  # two MLE epochs already beat the untrained G
+    for row in table.values():
+        for metric in ("nll_oracle", "nll_test"):
+            assert math.isfinite(row[metric]["mean"]) and row[metric]["sd"] == 0.0
+    assert table["MLE"]["nll_oracle"]["mean"] < table["Random"]["nll_oracle"]["mean"]  # two epochs beat untrained G
 
     saved = json.loads((out / "table1.json").read_text())
     assert saved["seeds"] == [1] and list(saved["table"]) == list(MODELS)
-    assert saved["table"]["SeqGAN"]["mean"] == pytest.approx(table["SeqGAN"]["mean"])
+    assert saved["table"]["SeqGAN"]["nll_oracle"]["mean"] == pytest.approx(table["SeqGAN"]["nll_oracle"]["mean"])
     markdown = (out / "table1.md").read_text()
     for model in MODELS:
-        assert f"| {model} | {table[model]['mean']:.3f}" in markdown
+        o, t = table[model]["nll_oracle"]["mean"], table[model]["nll_test"]["mean"]
+        assert f"| {model} | {o:.3f} ± 0.000 | {t:.3f} ± 0.000 |" in markdown
     png = (out / "figure2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
 
-    curves = json.loads((out / "seed1" / "result.json").read_text())["curves"]
+    curves = seed_summary(out / "seed1")["curves"]
     assert set(curves) == set(MODELS)
-    assert curves["Random"] == [[0, table["Random"]["mean"]]]
+    assert [p[:2] for p in curves["Random"]] == [[0, table["Random"]["nll_oracle"]["mean"]]]
     assert [p[0] for p in curves["MLE"]] == [0, 1, 2]  # before training, then every MLE epoch
-    assert curves["MLE"][-1][1] == table["MLE"]["mean"]
-    assert curves["SeqGAN"][-1][1] == table["SeqGAN"]["mean"] and curves["PG-BLEU"][-1][1] == table["PG-BLEU"]["mean"]
+    assert curves["MLE"][-1][1] == table["MLE"]["nll_oracle"]["mean"]
+    assert curves["SeqGAN"][-1][1] == table["SeqGAN"]["nll_oracle"]["mean"]
+    assert curves["PG-BLEU"][-1][2] == table["PG-BLEU"]["nll_test"]["mean"]
     assert len(curves["SS"]) == 3
     assert any("PG-BLEU" in line for line in logs)
 
 
 def test_figure2_puts_seqgan_and_pg_bleu_on_the_same_axis(tiny_experiment):
-    """Figure 2's x axis is "MLE epochs, then adversarial iterations (discriminator pre-training not shown)":
+    """Figure 2's x axis is "MLE epochs, then adversarial iterations" (discriminator pre-training not shown):
     SeqGAN and PG-BLEU both continue from the MLE generator at x = 2 and are evaluated at x = 3 and 4."""
     out, _, _ = tiny_experiment
-    curves = json.loads((out / "seed1" / "result.json").read_text())["curves"]
+    curves = seed_summary(out / "seed1")["curves"]
     assert [p[0] for p in curves["PG-BLEU"]] == [3, 4]
     assert [p[0] for p in curves["SeqGAN"]] == [2, 3, 4]
