@@ -1,7 +1,8 @@
 """Engine benchmark at the paper's sizes: ours against the naive original algorithm, in one process.
 
-For each piece it prints wall time for our code and for a naive reference, the floating-point work, and the
-floor that work implies at the matmul rate measured at the start of the same run (a large fp32 GEMM):
+For each piece it prints wall time for our code and for a naive reference, the floating-point work our code
+does, and the floor that work implies at the matmul rate measured at the start of the same run (a large fp32
+GEMM); the naive reference does more work for the G step (no windows shared), so its floor is higher:
 
     adversarial G step   sample 64, 16 rollouts of every prefix, D scores every completion, PG update
                          reference: per-prefix rollouts that re-read the prefix and draw with torch.multinomial
@@ -64,6 +65,15 @@ def d_forward_flops(T, E, sizes, counts):
     return conv + 2 * 2 * F_ * F_ + 2 * F_ * 2  # convolutions, highway (two linears), output
 
 
+def d_completion_flops(T, E, sizes, counts):
+    """Per completion, averaged over prefix lengths, with the windows inside the prefix shared (our rollout)."""
+    F_ = sum(counts)
+    conv = 0.0
+    for t in range(1, T):
+        conv += sum(2 * ((T - w + 1) - max(0, t - w + 1)) * w * E * n for w, n in zip(sizes, counts))
+    return conv / (T - 1) + 2 * 2 * F_ * F_ + 2 * F_ * 2
+
+
 class Conv2dDiscriminator(nn.Module):
     """The original TensorFlow form: conv2d over a [B, 1, T, E] 'image', same weights as ``Discriminator``."""
 
@@ -124,6 +134,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     parser.add_argument("--skip-naive", action="store_true", help="only our code (the reference is slow)")
+    parser.add_argument("--pieces", nargs="+", default=["g", "d", "sample", "mle"],
+                        choices=["g", "d", "sample", "mle"], help="which figures to measure")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -167,10 +179,15 @@ def main():
 
     completions = N * B * (T - 1) + B
     rollout_rows = N * B * T * (T - 1) // 2
-    g_flops = (B * T + rollout_rows) * step_flops + completions * d_flops + 3 * B * T * step_flops
-    ours = timed(lambda: g_step(rollout_rewards), device)
-    naive = None if args.skip_naive else timed(lambda: g_step(naive_rollout_rewards), device, repeat=1)
-    report(f"adversarial G step (N={N})", ours, naive, g_flops)
+    d_shared = d_completion_flops(T, D.embedding.embedding_dim, D.filter_sizes, D.num_filters)
+    print(f"D forward per sequence: {d_flops / 1e6:.1f} MFLOP; per rollout completion with prefix windows "
+          f"shared: {d_shared / 1e6:.1f} MFLOP")
+    g_flops = (B * T + rollout_rows) * step_flops + (completions - B) * d_shared + 2 * B * d_flops \
+        + 3 * B * T * step_flops
+    if "g" in args.pieces:
+        ours = timed(lambda: g_step(rollout_rewards), device)
+        naive = None if args.skip_naive else timed(lambda: g_step(naive_rollout_rewards), device, repeat=1)
+        report(f"adversarial G step (N={N})", ours, naive, g_flops)
 
     # discriminator epoch
     real = torch.randint(0, V, (n_real, T), device=device)
@@ -181,15 +198,16 @@ def main():
     tokens, labels = tokens[order], labels[order]
     D.train()
     d_opt = torch.optim.Adam(D.parameters(), lr=1e-4)
-    ours = timed(lambda: d_epoch(D, tokens, labels, d_opt), device)
-    conv2d = Conv2dDiscriminator(D)
-    naive = None if args.skip_naive else timed(lambda: d_epoch(conv2d, tokens, labels, d_opt), device)
-    report(f"D epoch ({2 * n_real} seqs)", ours, naive, 3 * len(tokens) * d_flops)
+    if "d" in args.pieces:
+        ours = timed(lambda: d_epoch(D, tokens, labels, d_opt), device)
+        conv2d = Conv2dDiscriminator(D)
+        naive = None if args.skip_naive else timed(lambda: d_epoch(conv2d, tokens, labels, d_opt), device)
+        report(f"D epoch ({2 * n_real} seqs)", ours, naive, 3 * len(tokens) * d_flops)
 
-    # sampling
-    ours = timed(lambda: G.sample(n_samples, T), device)
-    naive = None if args.skip_naive else timed(lambda: naive_sample(G, n_samples, T), device)
-    report(f"sample {n_samples}", ours, naive, n_samples * T * step_flops)
+    if "sample" in args.pieces:
+        ours = timed(lambda: G.sample(n_samples, T), device)
+        naive = None if args.skip_naive else timed(lambda: naive_sample(G, n_samples, T), device)
+        report(f"sample {n_samples}", ours, naive, n_samples * T * step_flops)
 
     # MLE epoch
     data = torch.randint(0, V, (n_real // B * B, T), device=device)
@@ -202,9 +220,10 @@ def main():
             loss.backward()
             mle_opt.step()
 
-    ours = timed(mle_epoch, device)
-    naive = None if args.skip_naive else timed(lambda: naive_mle_epoch(G, data, mle_opt), device)
-    report(f"MLE epoch ({len(data)} seqs)", ours, naive, 3 * len(data) * T * step_flops)
+    if "mle" in args.pieces:
+        ours = timed(mle_epoch, device)
+        naive = None if args.skip_naive else timed(lambda: naive_mle_epoch(G, data, mle_opt), device)
+        report(f"MLE epoch ({len(data)} seqs)", ours, naive, 3 * len(data) * T * step_flops)
 
 
 if __name__ == "__main__":

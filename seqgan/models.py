@@ -221,20 +221,20 @@ class Discriminator(nn.Module):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.output(self.dropout(self.highway(features)))
 
-    def completion_features(self, completions: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
-        """``features`` of Monte-Carlo completions [T-1, N, B, T] of ``sequences`` [B, T], computed once per prefix.
+    def prob_real_completions(self, completions: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
+        """D(Y) = P(real) of Monte-Carlo completions [T-1, N, B, T] of ``sequences`` [B, T]: [T-1, N, B].
 
         Completion [t-1, n, b] shares its first t tokens with sequence b, so every convolution window that lies
         inside that prefix has the same output as in sequence b itself: those windows are computed once for the
         B sequences (a running max over window positions), and only windows that reach into the drawn part are
-        computed per completion. Equal to ``features(completions)`` up to float rounding, with ~40% fewer
-        convolution FLOPs at the paper's sizes.
+        computed per completion. Equal to ``prob_real(completions)`` up to float rounding, with ~40% fewer
+        convolution FLOPs at the paper's sizes. One prefix length at a time, so intermediates stay small.
         """
         P, N, B, T = completions.shape
         own = self.embedding(sequences).transpose(1, 2)  # [B, E, T]
         # prefix_max[k][b, :, j] = max over windows starting at 0..j of sequence b, for width k (ReLU >= 0)
         prefix_max = [torch.cummax(F.relu(conv(own)), dim=2).values for conv in self.convs]
-        groups = []
+        probs = []
         for p in range(P):
             t = p + 1  # prefix length
             x = self.embedding(completions[p].reshape(N * B, T)).transpose(1, 2)  # [N*B, E, T]
@@ -245,8 +245,8 @@ class Discriminator(nn.Module):
                 if t >= width:  # some windows lie inside the prefix
                     drawn = torch.maximum(drawn, pmax[:, :, t - width].repeat(N, 1))
                 pooled.append(drawn)
-            groups.append(torch.cat(pooled, dim=1))
-        return torch.stack(groups).view(P, N, B, -1)
+            probs.append(F.softmax(self.classify(torch.cat(pooled, dim=1)), dim=1)[:, 1])
+        return torch.stack(probs).view(P, N, B)
 
     def prob_real(self, tokens: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """D(Y) = P(real) for each row, in chunks (call eval() first for the deterministic reward)."""

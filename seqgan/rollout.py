@@ -120,15 +120,10 @@ class DiscriminatorReward:
 
     def score_completions(self, completions: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """Rewards [T-1, N, B] of ``batched_rollout``'s completions."""
-        D = self.discriminator
         if not self.share_prefix_windows:
             return self(completions.reshape(-1, sequences.shape[1])).view(completions.shape[:3])
 
-        def score():
-            features = D.completion_features(completions, sequences)
-            return torch.softmax(D.classify(features), dim=-1)[..., 1]
-
-        return self._eval(score)
+        return self._eval(lambda: self.discriminator.prob_real_completions(completions, sequences))
 
 
 def discriminator_reward(discriminator, share_prefix_windows: bool = True) -> DiscriminatorReward:

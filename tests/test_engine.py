@@ -273,11 +273,9 @@ def test_discriminator_reward_shares_prefix_windows_without_changing_the_rewards
     sequences = G.sample(B, T, generator=seeded(14))
     completions = batched_rollout(G, sequences, N, generator_rng=seeded(15))
     with torch.no_grad():
-        plain_features = D.features(completions.reshape(-1, T)).view(T - 1, N, B, -1)
-        torch.testing.assert_close(D.completion_features(completions, sequences), plain_features,
-                                   rtol=1e-5, atol=1e-6)
         D.eval()
         expected = D.prob_real(completions.reshape(-1, T)).view(T - 1, N, B)
+        torch.testing.assert_close(D.prob_real_completions(completions, sequences), expected, rtol=1e-5, atol=1e-6)
         D.train()
     reward = discriminator_reward(D)
     scores = reward.score_completions(completions, sequences)
