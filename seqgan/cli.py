@@ -102,9 +102,10 @@ def cmd_train(args) -> int:
         evaluate = (lambda g, rng: {"nll_test": nll_under(g, heldout)}) if heldout is not None else None
 
     def show(event):
+        fields = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in event.items() if k not in ("time", "unit"))
+        run.log_line(fields)
         if not args.quiet:
-            fields = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in event.items() if k not in ("time", "unit"))
             print(fields, flush=True)
 
     trainer = Trainer(config, train, run, evaluate, show, kind=task["kind"], extra={"task": task})
