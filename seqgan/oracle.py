@@ -37,7 +37,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays and refuses every other global, so a hostile pickle cannot run code."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # Python 3 writes array bytes this way in protocol-2 pickles
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:

@@ -14,7 +14,8 @@ import torch
 from seqgan.errors import InputError
 from seqgan.experiments import MODELS, run_oracle_experiment, seed_summary
 from seqgan.corpus import read_token_file, write_token_file
-from seqgan.oracle import ARRAY_NAMES, load_oracle, load_oracle_arrays, nll_under, random_oracle, save_oracle
+from seqgan.oracle import (ARRAY_NAMES, load_oracle, load_oracle_arrays, nll_under, oracle_arrays, random_oracle,
+                           save_oracle)
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -243,3 +244,12 @@ def test_figure2_puts_seqgan_and_pg_bleu_on_the_same_axis(tiny_experiment):
     curves = seed_summary(out / "seed1")["curves"]
     assert [p[0] for p in curves["PG-BLEU"]] == [3, 4]
     assert [p[0] for p in curves["SeqGAN"]] == [2, 3, 4]
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_oracle_pickles_written_by_python3_load(tmp_path, protocol):
+    """Protocol 2 from Python 3 stores array bytes through _codecs.encode: allowed, and nothing else is."""
+    arrays = [a.numpy() for a in oracle_arrays(random_oracle(3, vocab_size=40, emb_dim=4, hidden_dim=5)).values()]
+    path = tmp_path / f"oracle-p{protocol}.pkl"
+    path.write_bytes(pickle.dumps(arrays, protocol=protocol))
+    assert all((a == b).all() for a, b in zip(arrays, load_oracle_arrays(path)))
