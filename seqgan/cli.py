@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -180,24 +179,24 @@ def cmd_oracle_nll(args) -> int:
 
 
 def cmd_oracle_run(args) -> int:
-    from .experiments import markdown_table, run_oracle_experiment
+    from .experiments import run_oracle_experiment
 
     overrides = config_overrides(args)
     overrides.pop("seed", None)
     device = overrides.pop("device", "auto")
     out = Path(args.out or f"results/oracle-{args.preset}")
-    table = run_oracle_experiment(args.preset, args.seeds, out, args.oracle_params, device,
-                                  args.models, log=lambda m: print(m, flush=True), **overrides)
-    print(markdown_table(table, args.preset, args.seeds))
+    run_oracle_experiment(args.preset, args.seeds, out, args.oracle_params, device, args.models,
+                          log=lambda m: print(m, flush=True), **overrides)
+    print((out / "table1.md").read_text())
     print(f"written: {out}/table1.md, {out}/table1.json, {out}/figure2.png")
     return 0
 
 
 def cmd_oracle_table(args) -> int:
-    from .experiments import markdown_table, write_report
+    from .experiments import write_report
 
-    table = write_report(args.out, args.seeds)
-    print(markdown_table(table, json.loads((Path(args.out) / "table1.json").read_text())["preset"], args.seeds))
+    write_report(args.out, args.seeds)
+    print((Path(args.out) / "table1.md").read_text())
     return 0
 
 

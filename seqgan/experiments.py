@@ -78,6 +78,7 @@ def bleu_reward(references: torch.Tensor, n: int):
     return reward
 
 
+SS_FINAL_OWN_TOKEN_PROB = 0.25  # scheduled sampling: feed G its own token with a chance rising 0 -> this
 RUN_DIRS = {"SeqGAN": "seqgan", "PG-BLEU": "pg_bleu", "SS": "ss"}  # Random and MLE come from the SeqGAN run
 
 
@@ -120,7 +121,7 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
         log(f"[seed {seed}] PG-BLEU done at {time.time() - started:.0f} s")
 
     if "SS" in models:
-        ss_config = replace(config, scheduled_sampling=0.25, d_pretrain_rounds=0, adv_iters=0)
+        ss_config = replace(config, scheduled_sampling=SS_FINAL_OWN_TOKEN_PROB, d_pretrain_rounds=0, adv_iters=0)
         Trainer(ss_config, train, RunDir(out_dir / RUN_DIRS["SS"]), evaluator, progress("SS"), kind="oracle").run()
         log(f"[seed {seed}] SS done at {time.time() - started:.0f} s")
 

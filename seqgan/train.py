@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -182,6 +183,7 @@ class Trainer:
         self.evaluate_fn, self.callback = evaluate, callback
         self.kind, self.tokenizer, self.extra = kind, tokenizer, dict(extra or {})
         self.schedule = config.units()
+        self.phase_units = Counter(phase for phase, _ in self.schedule)
         self.unit = 0  # next unit to run
         self.stop_requested = False
         self.last_checkpoint_time = time.monotonic()
@@ -361,7 +363,7 @@ class Trainer:
                 event = self.discriminator_round()
             else:
                 event = self.adversarial_iteration()
-            total = sum(1 for p, _ in self.schedule if p == phase)
+            total = self.phase_units[phase]
             last_of_phase = index == total - 1
             if phase != "d_pretrain" and (index % c.eval_every == 0 or last_of_phase):
                 event.update(self.evaluate(f"{phase}-{index + 1:04d}"))
