@@ -45,9 +45,22 @@ def config_overrides(args) -> dict:
 
 
 # ----- seqgan train ---------------------------------------------------------------------------------------
+def corpus_progress(quiet: bool):
+    """Progress of a long corpus read (the first parse of the built-in melodies takes about a minute)."""
+    if quiet:
+        return None
+
+    def show(done: int, total: int, message: str) -> None:
+        if done == total or done % 100 == 0:
+            print(f"reading corpus: {done}/{total} {message}", flush=True)
+
+    return show
+
+
 def cmd_train(args) -> int:
-    from .checkpoint import load_bundle
-    from .corpus import read_token_file, write_token_file
+    from .checkpoint import atomic_write_bytes, load_bundle
+    from .corpus import (corpus_evaluator, load_corpus, read_token_file, sequence_nll, tokenizer_from_bytes,
+                         write_token_file)
     from .oracle import load_oracle, oracle_evaluator, random_oracle, save_oracle
     from .runs import RunDir
     from .train import TrainConfig, Trainer, resolve_device
@@ -65,7 +78,15 @@ def cmd_train(args) -> int:
         if run.config.exists():
             raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
         overrides = config_overrides(args)
-        if args.data:
+        corpus = None
+        if args.corpus:
+            corpus = load_corpus(args.corpus, args.corpus_kind, vocab_size=overrides.pop("vocab_size", None),
+                                 model_type=args.tokenizer_model, seq_len=overrides.pop("seq_len", None),
+                                 test_fraction=args.test_fraction, seed=overrides.get("seed", 0),
+                                 progress=corpus_progress(args.quiet))
+            overrides.update(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token)
+            task = {"kind": corpus.kind, "source": str(args.corpus), "corpus": corpus.summary()}
+        elif args.data:
             train = read_token_file(args.data)
             overrides["seq_len"] = train.shape[1]
             overrides.setdefault("vocab_size", int(train.max()) + 1)
@@ -74,7 +95,15 @@ def cmd_train(args) -> int:
             task = {"kind": "oracle", "oracle_params": args.oracle_params, "num_train": args.num_train}
         config = TrainConfig(**overrides).validate()
         run.create()
-        if args.data:
+        if corpus is not None:
+            for line in corpus.notes + [f"left out: {problem}" for problem in corpus.problems]:
+                run.log_line(line)
+                if not args.quiet:
+                    print(line, flush=True)
+            write_token_file(corpus.train, run.path / "train.txt")
+            write_token_file(corpus.heldout, run.path / "heldout.txt")
+            atomic_write_bytes(run.path / "tokenizer.bin", corpus.tokenizer.to_bytes())
+        elif args.data:
             generator = torch.Generator().manual_seed(config.seed)
             order = torch.randperm(len(train), generator=generator)
             n_test = int(len(train) * args.test_fraction)
@@ -93,12 +122,16 @@ def cmd_train(args) -> int:
     train = read_token_file(run.path / "train.txt", config.vocab_size)
     heldout_path = run.path / "heldout.txt"
     heldout = read_token_file(heldout_path, config.vocab_size).to(device) if heldout_path.stat().st_size else None
+    tokenizer = None
     if task["kind"] == "oracle":
         oracle = load_oracle(run.path / "oracle.pt").to(device)
         evaluate = oracle_evaluator(oracle, config.eval_samples, config.seq_len, heldout)
+    elif task["kind"] in ("text", "music"):
+        tokenizer = tokenizer_from_bytes((run.path / "tokenizer.bin").read_bytes(), str(run.path / "tokenizer.bin"))
+        evaluate = corpus_evaluator(tokenizer, heldout, config.seq_len, config.eval_samples) \
+            if heldout is not None else None
     else:
-        from .oracle import nll_under
-        evaluate = (lambda g, rng: {"nll_test": nll_under(g, heldout)}) if heldout is not None else None
+        evaluate = (lambda g, rng: {"nll_test": sequence_nll(g, heldout)}) if heldout is not None else None
 
     def show(event):
         fields = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
@@ -107,7 +140,8 @@ def cmd_train(args) -> int:
         if not args.quiet:
             print(fields, flush=True)
 
-    trainer = Trainer(config, train, run, evaluate, show, kind=task["kind"], extra={"task": task})
+    trainer = Trainer(config, train, run, evaluate, show, kind=task["kind"], extra={"task": task},
+                      tokenizer=tokenizer.to_bytes() if tokenizer is not None else None)
     if args.resume:
         latest = run.checkpoint("latest")
         if latest.exists():
@@ -129,7 +163,9 @@ def cmd_train(args) -> int:
 
 # ----- seqgan sample --------------------------------------------------------------------------------------
 def cmd_sample(args) -> int:
-    from .checkpoint import load_bundle
+    """Token ids, one sequence a line; decoded text for text checkpoints; MIDI files for melodies (--midi)."""
+    from .checkpoint import load_bundle, tokenizer_bytes
+    from .corpus import tokenizer_from_bytes
     from .models import Generator
 
     bundle = load_bundle(args.checkpoint)
@@ -137,11 +173,24 @@ def cmd_sample(args) -> int:
     generator = Generator(c["vocab_size"], c["g_emb_dim"], c["g_hidden_dim"], c["start_token"])
     generator.load_state_dict(bundle["generator"])
     generator.eval()
+    data = tokenizer_bytes(bundle)
+    tokenizer = tokenizer_from_bytes(data, args.checkpoint) if data else None
     rng = torch.Generator().manual_seed(args.seed)
     prefix = torch.tensor([int(x) for x in args.prefix.split()]) if args.prefix else None
-    samples = generator.sample(args.num, c["seq_len"], args.temperature, prefix=prefix, generator=rng)
-    for row in samples.tolist():
-        print(" ".join(map(str, row)))
+    samples = generator.sample(args.num, c["seq_len"], args.temperature, prefix=prefix, generator=rng).tolist()
+    if args.midi:
+        if tokenizer is None or tokenizer.kind != "music":
+            raise SeqGANError(f"{args.checkpoint}: --midi needs a melody checkpoint")
+        from .checkpoint import atomic_write_bytes
+        from .music import events_to_midi
+
+        for index, row in enumerate(samples):
+            atomic_write_bytes(Path(args.midi) / f"sample-{index:03d}.mid", events_to_midi(tokenizer.decode(row)))
+    for row in samples:
+        if tokenizer is not None and tokenizer.kind == "text" and not args.ids:
+            print(tokenizer.decode(row))
+        else:
+            print(" ".join(map(str, row)))
     return 0
 
 
@@ -211,10 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", required=True)
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from latest.pt")
     source = train.add_mutually_exclusive_group()
+    source.add_argument("--corpus", help="text (.txt) or melodies (MIDI/MusicXML/ABC/kern file, folder or zip), "
+                                         "or builtin:poems / builtin:melodies")
     source.add_argument("--data", help="token-id file: one sequence a line, ids separated by spaces")
     source.add_argument("--oracle-params", help="synthetic task with this oracle (.pkl of the paper or .pt)")
     train.add_argument("--num-train", type=int, default=10_000, help="oracle samples to train on")
-    train.add_argument("--test-fraction", type=float, default=0.1, help="held out of --data for NLL-test")
+    train.add_argument("--test-fraction", type=float, default=0.1,
+                       help="held out of --corpus/--data for NLL-test and BLEU references")
+    train.add_argument("--corpus-kind", choices=["text", "music"], help="default: guessed from the file names")
+    train.add_argument("--tokenizer-model", choices=["unigram", "bpe", "char"],
+                       help="SentencePiece model for text (default: char for space-separated characters, "
+                            "else unigram); --vocab-size is its vocabulary")
     train.add_argument("--quiet", action="store_true")
     add_config_options(train)
     train.set_defaults(func=cmd_train)
@@ -225,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--prefix", default="", help="token ids to continue, e.g. '3 17'")
+    sample.add_argument("--ids", action="store_true", help="print token ids even for a text checkpoint")
+    sample.add_argument("--midi", help="melody checkpoints: also write each sample as DIR/sample-NNN.mid")
     sample.set_defaults(func=cmd_sample)
 
     bleu = sub.add_parser("bleu", help="BLEU-n of hypothesis lines against reference lines (last line: score)")

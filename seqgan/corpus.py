@@ -1,19 +1,47 @@
-"""Corpora as token tensors: [N, seq_len] int64 ids, and the token-id file format.
+"""Corpora as the trainer sees them: fixed-length token ids, the tokenizer that made them, and back.
 
-A token-id file holds one sequence a line, ids separated by spaces (the original SeqGAN repository's format);
-every line has the same length.
+Three kinds, one shape ([N, seq_len] int64 ids):
+
+    text    a UTF-8 file, one sequence (poem, line, sentence) a line -> SentencePiece ids (``seqgan.text``).
+            Each sequence is its ids, then eos, then pad up to ``seq_len``; decoding stops at the first eos or
+            pad, so a generated sequence decodes to clean text. Lines longer than ``seq_len - 1`` ids are left
+            out (counted in ``notes``), never cut: a cut line would teach the generator lines with no end.
+    music   MIDI / MusicXML / ABC / kern files, folders or zips -> melodies -> windows of ``steps`` sixteenth-
+            note events (``seqgan.music``); fixed length already, no padding, no end token.
+    tokens  a token-id file (the original repository's format): one sequence a line, ids separated by spaces.
+
+The generator's start token (its first input) is bos for text and REST (id 0) for music, like the original
+code's start token 0 that is also an ordinary token.
+
+Held-out data (NLL-test, and the references of BLEU) is a fraction of the lines (text) or of whole tunes
+(music: windows of one tune are never split between training and held-out data).
+
+Metrics of a generator on a corpus (``corpus_evaluator``): NLL-test on the held-out sequences (per token, up
+to and including eos for text); BLEU-2..4 of generated sequences against the held-out set (tokens are the
+whitespace-separated words of the decoded text, so characters for the space-separated Chinese quatrains as in
+the paper, and event ids for melodies); Self-BLEU-4 among the generated sequences; distinct-2; for melodies
+the paper's MSE (``seqgan.music.melody_mse``).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .checkpoint import atomic_write_bytes
-from .errors import InputError
+from .errors import ConfigError, InputError
+
+KINDS = ("text", "music")
+BUILTIN = {"poems": "text", "melodies": "music"}
+BUILTIN_POEMS = Path(__file__).resolve().parent.parent / "data" / "poems" / "gutenberg-poetry-lines.txt"
+TEXT_LENGTH_QUANTILE = 0.99  # the default text seq_len keeps this share of lines whole
+MAX_TEXT_SEQ_LEN = 128
 
 
+# ----- token-id files ---------------------------------------------------------------------------------------
 def read_token_file(path: str | Path, vocab_size: int | None = None) -> torch.Tensor:
     """Sequences of token ids, one a line; every line must have the same length."""
     path = Path(path)
@@ -40,3 +68,243 @@ def read_token_file(path: str | Path, vocab_size: int | None = None) -> torch.Te
 def write_token_file(tokens: torch.Tensor, path: str | Path) -> None:
     text = "".join(" ".join(map(str, row)) + "\n" for row in tokens.tolist())
     atomic_write_bytes(path, text.encode())
+
+
+# ----- tokenizers --------------------------------------------------------------------------------------------
+def tokenizer_from_bytes(data: bytes, source: str = "tokenizer"):
+    """The text or melody tokenizer serialised in ``data`` (as stored in checkpoints and run directories)."""
+    from .music import MelodyTokenizer
+    from .text import TextTokenizer
+
+    data = bytes(data)
+    if data.startswith(b"seqgan-text-tokenizer\n"):
+        return TextTokenizer.from_bytes(data, source)
+    if data.startswith(b"{"):
+        return MelodyTokenizer.from_bytes(data, source)
+    raise InputError(source, "not a tokenizer of SeqGAN Studio (unknown format)")
+
+
+def start_token(tokenizer) -> int:
+    return tokenizer.bos_id if tokenizer.kind == "text" else tokenizer.rest_id
+
+
+def decode(tokenizer, ids):
+    """Text (str) of a text sequence, events (list[int]) of a melody."""
+    return tokenizer.decode([int(i) for i in ids])
+
+
+def bleu_tokens(tokenizer, ids) -> list[str]:
+    """The units BLEU counts: words of the decoded text (characters of spaced-character text); melody ids."""
+    if tokenizer.kind == "text":
+        return tokenizer.decode([int(i) for i in ids]).split()
+    return [str(int(i)) for i in ids]
+
+
+# ----- corpora -----------------------------------------------------------------------------------------------
+@dataclass
+class Corpus:
+    kind: str                      # "text" or "music"
+    name: str                      # where it came from, for messages
+    tokenizer: object              # TextTokenizer or MelodyTokenizer
+    train: torch.Tensor            # [N, seq_len] ids
+    heldout: torch.Tensor          # [M, seq_len] ids, not in train
+    notes: list[str] = field(default_factory=list)
+    problems: list[InputError] = field(default_factory=list)  # files, tunes or lines that were left out
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def start_token(self) -> int:
+        return start_token(self.tokenizer)
+
+    def decode(self, ids):
+        return decode(self.tokenizer, ids)
+
+    def summary(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "train": len(self.train), "heldout": len(self.heldout),
+                "seq_len": self.seq_len, "vocab_size": self.vocab_size, "notes": list(self.notes),
+                "problems": [str(p) for p in self.problems]}
+
+
+def split_heldout(groups: list[list[list[int]]], test_fraction: float, seed: int):
+    """Shuffle groups (lines, or the windows of one tune) and hold out about ``test_fraction`` of the sequences."""
+    if not 0 <= test_fraction < 1:
+        raise ConfigError(f"test_fraction must be within [0, 1) (got {test_fraction})")
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
+    total = sum(len(g) for g in groups)
+    wanted = math.ceil(total * test_fraction) if test_fraction > 0 and len(groups) > 1 else 0
+    heldout, train = [], []
+    for index in order:
+        (heldout if len(heldout) < wanted else train).extend(groups[index])
+    return train, heldout
+
+
+def _tensor(rows: list[list[int]], seq_len: int) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long) if rows else torch.zeros(0, seq_len, dtype=torch.long)
+
+
+def text_corpus(lines: list[str], name: str, *, vocab_size: int | None = None, model_type: str | None = None,
+                seq_len: int | None = None, test_fraction: float = 0.1, seed: int = 0) -> Corpus:
+    """Train a SentencePiece tokenizer on ``lines`` and lay them out as fixed-length sequences."""
+    from .text import TextTokenizer
+
+    tokenizer = TextTokenizer.train(lines, vocab_size=vocab_size, model_type=model_type, source=name)
+    encoded = [tokenizer.encode(line) for line in lines]
+    if seq_len is None:
+        lengths = sorted(len(ids) + 1 for ids in encoded)
+        seq_len = min(MAX_TEXT_SEQ_LEN, lengths[min(len(lengths) - 1, int(TEXT_LENGTH_QUANTILE * len(lengths)))])
+    if not 2 <= seq_len <= 4096:
+        raise ConfigError(f"seq_len must be within 2..4096 (got {seq_len})")
+    rows = [ids + [tokenizer.eos_id] + [tokenizer.pad_id] * (seq_len - 1 - len(ids))
+            for ids in encoded if len(ids) < seq_len]
+    notes = list(tokenizer.notes)
+    if len(rows) < len(encoded):
+        notes.append(f"{len(encoded) - len(rows):,} of {len(encoded):,} lines are longer than {seq_len - 1} "
+                     f"tokens and were left out (seq_len {seq_len} includes the end token)")
+    if len(rows) < 2:
+        raise InputError(name, f"fewer than two lines fit in {seq_len - 1} tokens; raise seq_len")
+    train, heldout = split_heldout([[row] for row in rows], test_fraction, seed)
+    return Corpus("text", name, tokenizer, _tensor(train, seq_len), _tensor(heldout, seq_len), notes)
+
+
+def read_text_source(source) -> tuple[list[str], str]:
+    """Lines of a text corpus given as a path or as a (filename, bytes) pair (an upload)."""
+    from .text import read_text_corpus, read_text_lines
+
+    if isinstance(source, tuple):
+        name, data = source
+        return read_text_lines(bytes(data), name), name
+    return read_text_corpus(source), str(source)
+
+
+def music_corpus(melodies, name: str, *, problems=(), steps: int = 32, test_fraction: float = 0.1,
+                 seed: int = 0) -> Corpus:
+    """Cut melodies into windows of ``steps`` events; held-out windows come from held-out tunes."""
+    from .music import MelodyTokenizer
+
+    tokenizer = MelodyTokenizer(steps=steps)
+    groups = [tokenizer.encode_melodies([melody]) for melody in melodies]
+    groups = [g for g in groups if g]
+    if sum(len(g) for g in groups) < 2:
+        raise InputError(name, f"has fewer than two windows of {steps} steps with notes; nothing to train on")
+    train, heldout = split_heldout(groups, test_fraction, seed)
+    notes = [f"{len(groups):,} tunes, {len(train) + len(heldout):,} windows of {steps} sixteenth-note steps"]
+    return Corpus("music", name, tokenizer, _tensor(train, steps), _tensor(heldout, steps), notes, list(problems))
+
+
+def load_corpus(source, kind: str | None = None, *, vocab_size: int | None = None, model_type: str | None = None,
+                seq_len: int | None = None, test_fraction: float = 0.1, seed: int = 0, limit: int | None = None,
+                progress=None) -> Corpus:
+    """A corpus from ``source``: ``builtin:poems``, ``builtin:melodies``, a path (file, folder or zip), a
+    ``(filename, bytes)`` upload, or a list of paths/uploads (melodies). ``kind`` is guessed from the names
+    (.txt is text; music suffixes, folders and zips are music) unless given. ``limit`` caps the number of
+    built-in tunes read (the whole collection takes about a minute to parse the first time)."""
+    from .music import builtin_melodies, read_melodies
+
+    if isinstance(source, str) and source.startswith("builtin:"):
+        which = source.split(":", 1)[1]
+        if which not in BUILTIN:
+            raise ConfigError(f"unknown built-in corpus {which!r}; choose one of {', '.join(BUILTIN)}")
+        if which == "poems":
+            lines, _ = read_text_source(BUILTIN_POEMS)
+            return text_corpus(lines, source, vocab_size=vocab_size, model_type=model_type, seq_len=seq_len,
+                               test_fraction=test_fraction, seed=seed)
+        melodies = builtin_melodies(limit, progress=progress)
+        return music_corpus(melodies, source, steps=seq_len or 32, test_fraction=test_fraction, seed=seed)
+
+    kind = kind or guess_kind(source)
+    if kind not in KINDS:
+        raise ConfigError(f"corpus kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    if kind == "text":
+        if isinstance(source, list):
+            raise ConfigError("a text corpus is one file")
+        lines, name = read_text_source(source)
+        return text_corpus(lines, name, vocab_size=vocab_size, model_type=model_type, seq_len=seq_len,
+                           test_fraction=test_fraction, seed=seed)
+    melodies, problems = read_melodies(source, progress=progress)
+    name = _source_name(source)
+    if not melodies:
+        reasons = "; ".join(str(p) for p in problems[:3]) or "no music files found"
+        raise InputError(name, f"no melody could be read ({reasons})")
+    return music_corpus(melodies, name, problems=problems, steps=seq_len or 32, test_fraction=test_fraction,
+                        seed=seed)
+
+
+def _source_name(source) -> str:
+    if isinstance(source, tuple):
+        return source[0]
+    if isinstance(source, list):
+        return f"{len(source)} files" if len(source) != 1 else _source_name(source[0])
+    return str(source)
+
+
+def guess_kind(source) -> str:
+    """'text' for a .txt file, 'music' for music files, zips, folders and lists of files."""
+    from .music import MUSIC_SUFFIXES, ZIP_SUFFIXES
+
+    if isinstance(source, list):
+        return "music"
+    name = source[0] if isinstance(source, tuple) else str(source)
+    suffix = Path(name).suffix.lower()
+    if suffix in MUSIC_SUFFIXES + ZIP_SUFFIXES or (not isinstance(source, tuple) and Path(name).is_dir()):
+        return "music"
+    if suffix in (".txt", ".text", ""):
+        return "text"
+    raise InputError(name, f"unknown corpus type {suffix!r}: expected .txt (text) or "
+                           f"{', '.join(MUSIC_SUFFIXES + ZIP_SUFFIXES)} (melodies)")
+
+
+# ----- metrics of a generator on a corpus --------------------------------------------------------------------
+@torch.no_grad()
+def sequence_nll(generator, tokens: torch.Tensor, eos_id: int | None = None, batch_size: int = 2048) -> float:
+    """Mean per-token NLL of ``tokens`` under ``generator``; with ``eos_id``, tokens after the first eos are not
+    counted (the padding of text sequences)."""
+    import torch.nn.functional as F
+
+    device = generator.output.weight.device
+    total, count = 0.0, 0
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i:i + batch_size].to(device)
+        nll = F.cross_entropy(generator(batch).transpose(1, 2), batch, reduction="none")
+        mask = torch.ones_like(nll)
+        if eos_id is not None:
+            after_eos = (batch == eos_id).long().cumsum(1) - (batch == eos_id).long()
+            mask = (after_eos == 0).to(nll.dtype)
+        total += float((nll * mask).sum())
+        count += float(mask.sum())
+    return total / max(count, 1.0)
+
+
+def corpus_evaluator(tokenizer, heldout: torch.Tensor, seq_len: int, num_samples: int = 2000,
+                     bleu_orders=(2, 3, 4), self_bleu_samples: int = 500):
+    """Trainer evaluation for real data (see the module docstring for what each metric is)."""
+    from .metrics import BleuScorer, distinct_n, self_bleu
+    from .music import melody_mse
+
+    if len(heldout) == 0:
+        raise ConfigError("the corpus has no held-out sequences to evaluate on (test_fraction is 0)")
+    references = [bleu_tokens(tokenizer, row) for row in heldout.tolist()]
+    scorer = BleuScorer(references, max_n=max(bleu_orders))
+    eos = tokenizer.eos_id if tokenizer.kind == "text" else None
+    reference_events = [tokenizer.decode(row) for row in heldout.tolist()] if tokenizer.kind == "music" else None
+
+    def evaluate(generator, rng: torch.Generator) -> dict:
+        samples = generator.sample(num_samples, seq_len, generator=rng).cpu().tolist()
+        hypotheses = [bleu_tokens(tokenizer, row) for row in samples]
+        metrics = {"nll_test": sequence_nll(generator, heldout, eos)}
+        for n in bleu_orders:
+            metrics[f"bleu{n}"] = scorer.corpus(hypotheses, n)
+        kept = [h for h in hypotheses[:self_bleu_samples] if h]
+        metrics["self_bleu4"] = self_bleu(kept, 4) if len(kept) >= 2 else 0.0
+        metrics["distinct2"] = distinct_n(hypotheses, 2)
+        if reference_events is not None:
+            metrics["mse"] = melody_mse([tokenizer.decode(row) for row in samples], reference_events)
+        return metrics
+
+    return evaluate

@@ -174,6 +174,37 @@ def events_to_notes(events: Sequence[int]) -> list[tuple[int, int, int]]:
     return notes
 
 
+def pitch_contour(events: Sequence[int]) -> list[int]:
+    """The pitch heard (or last heard) at every step: a note-on sets it, HOLD and REST keep it; steps before
+    the first note take the first note's pitch. This is the "pitch sampled at a fixed rate" view of a melody
+    that the SeqGAN paper's Nottingham sequences use (no rest or hold symbols). A melody without notes is 0s."""
+    contour, current = [], None
+    for event in events:
+        if event >= 0:
+            current = int(event)
+        contour.append(current)
+    first = next((p for p in contour if p is not None), 0)
+    return [first if p is None else p for p in contour]
+
+
+def melody_mse(generated: Sequence[Sequence[int]], references: Sequence[Sequence[int]], chunk: int = 1024) -> float:
+    """The paper's MSE for melodies, as we define it (the paper names the metric but not its pairing): for each
+    generated melody, the mean over steps of the squared pitch difference (semitones^2) between its
+    ``pitch_contour`` and that of the closest reference melody of the same length; averaged over the generated
+    melodies. Lower is closer to real music; like BLEU, each sequence is scored against the whole reference set."""
+    refs = np.asarray([pitch_contour(r) for r in references], dtype=np.float64)
+    hyps = np.asarray([pitch_contour(g) for g in generated], dtype=np.float64)
+    if refs.ndim != 2 or hyps.ndim != 2 or len(refs) == 0 or len(hyps) == 0 or refs.shape[1] != hyps.shape[1]:
+        raise ValueError("melody_mse needs non-empty lists of melodies, all of one length")
+    ref_norms = (refs ** 2).sum(1)
+    best = []
+    for i in range(0, len(hyps), chunk):
+        h = hyps[i:i + chunk]
+        distances = (h ** 2).sum(1)[:, None] + ref_norms[None, :] - 2.0 * h @ refs.T
+        best.append(np.maximum(distances.min(1), 0.0))
+    return float(np.concatenate(best).mean() / hyps.shape[1])
+
+
 def fit_to_range(events: Sequence[int], low: int = DEFAULT_LOW, high: int = DEFAULT_HIGH) -> list[int]:
     """Move the melody by whole octaves into low..high, then fold the notes still outside into it."""
     pitches = [e for e in events if e >= 0]
