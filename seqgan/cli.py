@@ -1,4 +1,4 @@
-"""The ``seqgan`` command line: train | sample | bleu | oracle nll | oracle run.
+"""The ``seqgan`` command line: train | sample | bleu | oracle nll|run|table | experiment poems|music.
 
 Every training option is a field of ``TrainConfig`` (``--mle-epochs 120``, ``--d-filter-sizes 1 2 3`` ...).
 Errors about the user's input print one line naming the problem and exit with status 2.
@@ -58,7 +58,7 @@ def corpus_progress(quiet: bool):
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import atomic_write_bytes, load_bundle
+    from .checkpoint import load_bundle
     from .corpus import (corpus_evaluator, load_corpus, read_token_file, sequence_nll, tokenizer_from_bytes,
                          write_token_file)
     from .oracle import load_oracle, oracle_evaluator, random_oracle, save_oracle
@@ -100,9 +100,7 @@ def cmd_train(args) -> int:
                 run.log_line(line)
                 if not args.quiet:
                     print(line, flush=True)
-            write_token_file(corpus.train, run.path / "train.txt")
-            write_token_file(corpus.heldout, run.path / "heldout.txt")
-            atomic_write_bytes(run.path / "tokenizer.bin", corpus.tokenizer.to_bytes())
+            corpus.write(run.path)
         elif args.data:
             generator = torch.Generator().manual_seed(config.seed)
             order = torch.randperm(len(train), generator=generator)
@@ -249,6 +247,24 @@ def cmd_oracle_table(args) -> int:
     return 0
 
 
+# ----- seqgan experiment ----------------------------------------------------------------------------------
+def cmd_experiment(args) -> int:
+    from .realdata import TASKS, run_experiment
+
+    source = args.corpus or TASKS[args.task]["corpus"]
+    if not Path(source).exists():
+        raise SeqGANError(f"{source}: the paper's corpus is not there; pass --corpus PATH")
+    overrides = config_overrides(args)
+    overrides.pop("seed", None)
+    device = overrides.pop("device", "auto")
+    out = Path(args.out or f"results/{args.task}-{args.preset}")
+    run_experiment(args.task, args.preset, args.seeds, out, source, device, log=lambda m: print(m, flush=True),
+                   **overrides)
+    print((out / "table.md").read_text())
+    print(f"written: {out}/table.md, {out}/table.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments import MODELS, PRESETS
 
@@ -309,6 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", required=True)
     table.add_argument("--seeds", type=int, nargs="+", required=True)
     table.set_defaults(func=cmd_oracle_table)
+    from .realdata import PRESETS as REAL_PRESETS, TASKS
+
+    experiment = sub.add_parser("experiment", help="the paper's real-data experiments: poems (BLEU-2), "
+                                                   "music (BLEU-4, MSE); MLE vs SeqGAN")
+    experiment.add_argument("task", choices=sorted(TASKS))
+    experiment.add_argument("--preset", choices=sorted(REAL_PRESETS), default="cpu")
+    experiment.add_argument("--seeds", type=int, nargs="+", default=[1])
+    experiment.add_argument("--corpus", help="default: the paper's corpus in ../shared/corpora")
+    experiment.add_argument("--out", help="output folder (default results/TASK-PRESET)")
+    add_config_options(experiment)
+    experiment.set_defaults(func=cmd_experiment)
     return parser
 
 

@@ -126,6 +126,13 @@ class Corpus:
     def decode(self, ids):
         return decode(self.tokenizer, ids)
 
+    def write(self, folder: str | Path) -> None:
+        """The corpus as a run directory holds it: train.txt, heldout.txt (token ids) and tokenizer.bin."""
+        folder = Path(folder)
+        write_token_file(self.train, folder / "train.txt")
+        write_token_file(self.heldout, folder / "heldout.txt")
+        atomic_write_bytes(folder / "tokenizer.bin", self.tokenizer.to_bytes())
+
     def summary(self) -> dict:
         return {"kind": self.kind, "name": self.name, "train": len(self.train), "heldout": len(self.heldout),
                 "seq_len": self.seq_len, "vocab_size": self.vocab_size, "notes": list(self.notes),
@@ -281,30 +288,42 @@ def sequence_nll(generator, tokens: torch.Tensor, eos_id: int | None = None, bat
     return total / max(count, 1.0)
 
 
-def corpus_evaluator(tokenizer, heldout: torch.Tensor, seq_len: int, num_samples: int = 2000,
-                     bleu_orders=(2, 3, 4), self_bleu_samples: int = 500):
-    """Trainer evaluation for real data (see the module docstring for what each metric is)."""
-    from .metrics import BleuScorer, distinct_n, self_bleu
-    from .music import melody_mse
+class SampleScorer:
+    """Scores of generated (or real) sequences against the held-out set: BLEU-n, Self-BLEU-4, distinct-2, and
+    for melodies MSE. Built once per corpus: the reference n-gram counts are computed here."""
 
-    if len(heldout) == 0:
-        raise ConfigError("the corpus has no held-out sequences to evaluate on (test_fraction is 0)")
-    references = [bleu_tokens(tokenizer, row) for row in heldout.tolist()]
-    scorer = BleuScorer(references, max_n=max(bleu_orders))
+    def __init__(self, tokenizer, heldout: torch.Tensor, bleu_orders=(2, 3, 4), self_bleu_samples: int = 500):
+        from .metrics import BleuScorer
+
+        if len(heldout) == 0:
+            raise ConfigError("the corpus has no held-out sequences to evaluate on (test_fraction is 0)")
+        self.tokenizer, self.bleu_orders, self.self_bleu_samples = tokenizer, tuple(bleu_orders), self_bleu_samples
+        rows = heldout.tolist()
+        self.bleu = BleuScorer([bleu_tokens(tokenizer, row) for row in rows], max_n=max(self.bleu_orders))
+        self.reference_events = [tokenizer.decode(row) for row in rows] if tokenizer.kind == "music" else None
+
+    def score(self, samples: list[list[int]]) -> dict:
+        from .metrics import distinct_n, self_bleu
+        from .music import melody_mse
+
+        hypotheses = [bleu_tokens(self.tokenizer, row) for row in samples]
+        metrics = {f"bleu{n}": self.bleu.corpus(hypotheses, n) for n in self.bleu_orders}
+        kept = [h for h in hypotheses[:self.self_bleu_samples] if h]
+        metrics["self_bleu4"] = self_bleu(kept, 4) if len(kept) >= 2 else 0.0
+        metrics["distinct2"] = distinct_n(hypotheses, 2)
+        if self.reference_events is not None:
+            metrics["mse"] = melody_mse([self.tokenizer.decode(row) for row in samples], self.reference_events)
+        return metrics
+
+
+def corpus_evaluator(tokenizer, heldout: torch.Tensor, seq_len: int, num_samples: int = 2000):
+    """Trainer evaluation for real data: NLL-test of the held-out set, and ``SampleScorer`` scores of
+    ``num_samples`` generated sequences (see the module docstring for what each metric is)."""
+    scorer = SampleScorer(tokenizer, heldout)
     eos = tokenizer.eos_id if tokenizer.kind == "text" else None
-    reference_events = [tokenizer.decode(row) for row in heldout.tolist()] if tokenizer.kind == "music" else None
 
     def evaluate(generator, rng: torch.Generator) -> dict:
         samples = generator.sample(num_samples, seq_len, generator=rng).cpu().tolist()
-        hypotheses = [bleu_tokens(tokenizer, row) for row in samples]
-        metrics = {"nll_test": sequence_nll(generator, heldout, eos)}
-        for n in bleu_orders:
-            metrics[f"bleu{n}"] = scorer.corpus(hypotheses, n)
-        kept = [h for h in hypotheses[:self_bleu_samples] if h]
-        metrics["self_bleu4"] = self_bleu(kept, 4) if len(kept) >= 2 else 0.0
-        metrics["distinct2"] = distinct_n(hypotheses, 2)
-        if reference_events is not None:
-            metrics["mse"] = melody_mse([tokenizer.decode(row) for row in samples], reference_events)
-        return metrics
+        return {"nll_test": sequence_nll(generator, heldout, eos), **scorer.score(samples)}
 
     return evaluate

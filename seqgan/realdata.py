@@ -1,0 +1,173 @@
+"""The paper's real-data experiments: Chinese quatrains (BLEU-2) and Nottingham melodies (BLEU-4, MSE).
+
+For each seed, one SeqGAN run (MLE pre-training, discriminator pre-training, adversarial training) on the
+corpus gives both models: MLE is its ``mle.pt``, SeqGAN its ``seqgan.pt``. Each seed's folder is an ordinary
+run directory (the app and ``seqgan sample`` open it). The final scores use ``final_samples`` sequences from
+each generator (seeded), scored against the held-out set (``corpus.SampleScorer``); "Real data" scores as
+many training sequences the same way, as the paper's "real data" row does.
+
+Presets: ``paper`` is the original code's schedule (TrainConfig defaults: a GPU job); ``cpu`` fits one seed
+in at most 30 minutes on one core of a 2-core CPU (``PRESETS`` says what it reduces); ``demo`` shows the
+pipeline in a few minutes and proves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_bundle
+from .errors import SeqGANError
+from .corpus import SampleScorer, corpus_evaluator, load_corpus, sequence_nll
+from .models import Generator
+from .runs import RunDir
+from .train import TrainConfig, Trainer
+
+# The paper's numbers (Tables 2 and 4); "Real data" BLEU-2 of the quatrains is the paper's 0.746.
+TASKS = {
+    "poems": {"corpus": "../shared/corpora/chinese-quatrains-shi.txt", "main": "bleu2",
+              "paper": {"Real data": {"bleu2": 0.746}, "MLE": {"bleu2": 0.667}, "SeqGAN": {"bleu2": 0.739}}},
+    "music": {"corpus": "../shared/corpora/nottingham/midi-melody", "main": "bleu4",
+              "paper": {"MLE": {"bleu4": 0.921, "mse": 22.38}, "SeqGAN": {"bleu4": 0.941, "mse": 20.62}}},
+}
+QUARTER_D = dict(d_filter_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20],
+                 d_num_filters=[25, 50, 50, 50, 50, 25, 25, 25, 25, 25, 40, 40])  # a quarter of the 1,720 maps
+PRESETS = {
+    "paper": {"poems": dict(final_samples=10_000), "music": dict(final_samples=10_000)},
+    "demo": {
+        "poems": dict(mle_epochs=5, d_pretrain_rounds=2, num_negatives=1_000, adv_iters=4, d_steps=1,
+                      eval_samples=500, eval_every=2, final_samples=1_000, **QUARTER_D),
+        "music": dict(mle_epochs=5, d_pretrain_rounds=2, num_negatives=1_000, adv_iters=4, d_steps=1,
+                      eval_samples=500, eval_every=2, final_samples=1_000, **QUARTER_D),
+    },
+    "cpu": {
+        "poems": dict(mle_epochs=30,          # paper 120
+                      d_pretrain_rounds=10,   # paper 50
+                      num_negatives=5_000,    # paper 10,000
+                      adv_iters=30,           # paper 200
+                      d_steps=1,              # paper 5
+                      eval_samples=2_000, eval_every=5, final_samples=5_000, **QUARTER_D),
+        "music": dict(mle_epochs=40, d_pretrain_rounds=10, num_negatives=5_000, adv_iters=40, d_steps=1,
+                      eval_samples=2_000, eval_every=5, final_samples=5_000, **QUARTER_D),
+    },
+}
+METRICS = ("bleu2", "bleu3", "bleu4", "mse", "self_bleu4", "distinct2", "nll_test")
+LABELS = {"bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "mse": "MSE", "self_bleu4": "Self-BLEU-4",
+          "distinct2": "distinct-2", "nll_test": "NLL-test"}
+
+
+def load_generator(path: Path, device: torch.device) -> Generator:
+    bundle = load_bundle(path)
+    c = bundle["config"]
+    generator = Generator(c["vocab_size"], c["g_emb_dim"], c["g_hidden_dim"], c["start_token"])
+    generator.load_state_dict(bundle["generator"])
+    return generator.to(device).eval()
+
+
+def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: str | None = None,
+             device: str = "auto", log=print, **overrides) -> dict:
+    """Train one SeqGAN run (and so its MLE baseline) into ``out_dir``; write and return ``final.json``."""
+    if (Path(out_dir) / "final.json").exists():
+        log(f"[{task} seed {seed}] already done: {out_dir}/final.json")
+        return json.loads((Path(out_dir) / "final.json").read_text())
+    if (Path(out_dir) / "config.json").exists():
+        raise SeqGANError(f"{out_dir}: holds an unfinished run; remove it (or finish it with "
+                          f"`seqgan train --resume --run-dir {out_dir}`, then score it by running this again)")
+    settings = {**PRESETS[preset][task], **overrides}
+    final_samples = settings.pop("final_samples")
+    source = corpus_source or TASKS[task]["corpus"]
+    corpus = load_corpus(source, "text" if task == "poems" else "music", seed=0)  # one split for every seed
+    config = TrainConfig(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token,
+                         seed=seed, device=device, **settings).validate()
+    run = RunDir(out_dir).create()
+    corpus.write(run.path)
+    task_info = {"kind": corpus.kind, "source": str(source), "corpus": corpus.summary(),
+                 "experiment": {"task": task, "preset": preset}}
+    run.write_json(run.config, {"config": config.to_dict(), "task": task_info})
+    main = TASKS[task]["main"]
+
+    def progress(event):
+        if main in event:
+            log(f"[{task} seed {seed}] {event['phase']:11s} {event['step']:4d}/{event['total']:<4d} "
+                f"{main}={event[main]:.4f} self_bleu4={event['self_bleu4']:.4f} nll_test={event['nll_test']:.4f}")
+
+    started = time.time()
+    trainer = Trainer(config, corpus.train, run, corpus_evaluator(corpus.tokenizer, corpus.heldout, config.seq_len,
+                                                                  config.eval_samples),
+                      progress, kind=corpus.kind, tokenizer=corpus.tokenizer.to_bytes(), extra={"task": task_info})
+    trainer.run()
+    seconds = time.time() - started
+
+    scorer = SampleScorer(corpus.tokenizer, corpus.heldout)
+    eos = corpus.tokenizer.eos_id if corpus.kind == "text" else None
+    final = {}
+    for model, role in (("MLE", "mle"), ("SeqGAN", "seqgan")):
+        generator = load_generator(run.checkpoint(role), trainer.device)
+        rng = torch.Generator(device=trainer.device).manual_seed(10_000 + seed)
+        with torch.no_grad():
+            samples = generator.sample(final_samples, config.seq_len, generator=rng).cpu().tolist()
+            final[model] = {**scorer.score(samples), "nll_test": sequence_nll(generator, corpus.heldout, eos)}
+    order = torch.randperm(len(corpus.train), generator=torch.Generator().manual_seed(seed))[:final_samples]
+    final["Real data"] = scorer.score(corpus.train[order].tolist())
+    result = {"task": task, "preset": preset, "seed": seed, "seconds": seconds, "final_samples": final_samples,
+              "corpus": corpus.summary(), "config": config.to_dict(), "final": final}
+    (Path(out_dir) / "final.json").write_text(json.dumps(result, indent=1))
+    log(f"[{task} seed {seed}] done in {seconds:.0f} s: " + ", ".join(
+        f"{m} {main}={v[main]:.4f}" for m, v in final.items()))
+    return result
+
+
+def summarize(results: list[dict]) -> dict:
+    """Mean, sd and per-seed values of every metric of every model."""
+    table = {}
+    for model in ("Real data", "MLE", "SeqGAN"):
+        table[model] = {}
+        for metric in METRICS:
+            values = [r["final"][model][metric] for r in results if metric in r["final"][model]]
+            if values:
+                table[model][metric] = {"mean": statistics.fmean(values), "values": values,
+                                        "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return table
+
+
+def markdown_table(task: str, table: dict, results: list[dict]) -> str:
+    first = results[0]
+    metrics = [m for m in METRICS if any(m in row for row in table.values())]
+    paper = TASKS[task]["paper"]
+    c = first["corpus"]
+    lines = [f"`{task}`, preset `{first['preset']}`, seeds {', '.join(str(r['seed']) for r in results)}: mean ± sd "
+             f"over seeds. {first['final_samples']:,} sequences per model scored against the {c['heldout']:,} "
+             f"held-out sequences (training set {c['train']:,}, length {c['seq_len']}, vocabulary {c['vocab_size']}).",
+             "", "| Model | " + " | ".join(LABELS[m] for m in metrics) + " | paper |",
+             "|---|" + "---|" * (len(metrics) + 1)]
+    for model, row in table.items():
+        cells = [f"{row[m]['mean']:.4f} ± {row[m]['sd']:.4f}" if m in row else "–" for m in metrics]
+        published = ", ".join(f"{LABELS[k]} {v}" for k, v in paper.get(model, {}).items()) or "–"
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {published} |")
+    main = TASKS[task]["main"]
+    gaps = [s - m for s, m in zip(table["SeqGAN"][main]["values"], table["MLE"][main]["values"])]
+    lines += ["", f"{LABELS[main]}, SeqGAN − MLE per seed: {', '.join(f'{g:+.4f}' for g in gaps)}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(task: str, out_dir: str | Path, seeds: list[int]) -> dict:
+    out_dir = Path(out_dir)
+    results = [json.loads((out_dir / f"seed{seed}" / "final.json").read_text()) for seed in seeds]
+    table = summarize(results)
+    (out_dir / "table.md").write_text(markdown_table(task, table, results))
+    (out_dir / "table.json").write_text(json.dumps({"task": task, "seeds": seeds, "table": table}, indent=1))
+    return table
+
+
+def run_experiment(task: str, preset: str, seeds: list[int], out_dir: str | Path, corpus_source: str | None = None,
+                   device: str = "auto", log=print, **overrides) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"unknown experiment {task!r}; choose one of {', '.join(TASKS)}")
+    out_dir = Path(out_dir)
+    for seed in seeds:
+        run_seed(task, preset, seed, out_dir / f"seed{seed}", corpus_source, device, log, **overrides)
+    return write_report(task, out_dir, seeds)
