@@ -42,6 +42,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a run's files are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -90,3 +91,10 @@ def tokenizer_tensor(data: bytes | None):
 def tokenizer_bytes(bundle: dict) -> bytes | None:
     t = bundle.get("tokenizer")
     return None if t is None else bytes(t.numpy().tobytes())
+
+
+def slim_bundle(bundle: dict) -> dict:
+    """The bundle without what only training needs (discriminator, optimizers, RNG state): it samples,
+    compares and downloads like the full one, at a fraction of the size, but cannot resume training."""
+    dropped = ("discriminator", "optimizers", "rng")
+    return {key: value for key, value in bundle.items() if key not in dropped}

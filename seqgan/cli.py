@@ -247,6 +247,36 @@ def cmd_oracle_table(args) -> int:
     return 0
 
 
+# ----- seqgan export ---------------------------------------------------------------------------------------
+EXPORTED_FILES = ("config.json", "tokenizer.bin", "heldout.txt", "metrics.jsonl", "oracle.pt", "status.json")
+
+
+def cmd_export(args) -> int:
+    """A small copy of a finished run for sharing: its record, samples and slim MLE/SeqGAN checkpoints."""
+    import shutil
+
+    from .checkpoint import load_bundle, save_bundle, slim_bundle
+
+    source, target = Path(args.run_dir), Path(args.out)
+    if not (source / "config.json").is_file():
+        raise SeqGANError(f"{source}: not a run directory (no config.json)")
+    if target.exists() and any(target.iterdir()):
+        raise SeqGANError(f"{target}: exists and is not empty")
+    roles = [role for role in ("mle", "seqgan") if (source / "checkpoints" / f"{role}.pt").is_file()]
+    if not roles:
+        raise SeqGANError(f"{source}: has no mle.pt or seqgan.pt checkpoint yet")
+    for name in EXPORTED_FILES:
+        if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
+    if (source / "samples").is_dir():
+        shutil.copytree(source / "samples", target / "samples")
+    for role in roles:
+        save_bundle(slim_bundle(load_bundle(source / "checkpoints" / f"{role}.pt")), target / "checkpoints" / f"{role}.pt")
+    print(f"exported {', '.join(roles)} checkpoints: {target}")
+    return 0
+
+
 # ----- seqgan experiment ----------------------------------------------------------------------------------
 def cmd_experiment(args) -> int:
     from .realdata import TASKS, run_experiment
@@ -325,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", required=True)
     table.add_argument("--seeds", type=int, nargs="+", required=True)
     table.set_defaults(func=cmd_oracle_table)
+    export = sub.add_parser("export", help="copy a run with slim checkpoints (generator only) for sharing")
+    export.add_argument("--run-dir", required=True)
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_export)
+
     from .realdata import PRESETS as REAL_PRESETS, TASKS
 
     experiment = sub.add_parser("experiment", help="the paper's real-data experiments: poems (BLEU-2), "

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import require_shared
+from seqgan.checkpoint import load_bundle
 from seqgan.cli import main
 from seqgan.corpus import (SampleScorer, load_corpus, read_token_file, sequence_nll, split_heldout,
                            text_corpus, tokenizer_from_bytes)
@@ -182,6 +183,16 @@ def test_train_on_a_text_corpus_then_sample_text_and_resume(tmp_path, capsys, re
 
     assert main(["train", "--run-dir", str(run), "--resume", "--quiet"]) == 0
     assert capsys.readouterr().out.strip().endswith(f"finished: {run}")
+
+    shared = tmp_path / "shared-run"
+    assert main(["export", "--run-dir", str(run), "--out", str(shared)]) == 0
+    slim = load_bundle(shared / "checkpoints" / "seqgan.pt")
+    assert "optimizers" not in slim and "discriminator" not in slim
+    assert (shared / "checkpoints" / "seqgan.pt").stat().st_size < (run / "checkpoints" / "seqgan.pt").stat().st_size
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(shared / "checkpoints" / "seqgan.pt"), "-n", "4", "--seed", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines  # the same generator and tokenizer
+    assert main(["export", "--run-dir", str(run), "--out", str(shared)]) == 2  # never over an existing export
 
 
 def test_train_on_melody_files_writes_midi_samples(tmp_path, capsys, restore_sigterm):
