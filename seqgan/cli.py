@@ -64,9 +64,13 @@ def cmd_train(args) -> int:
     from .oracle import load_oracle, oracle_evaluator, random_oracle, save_oracle
     from .runs import RunDir
     from .train import TrainConfig, Trainer, resolve_device
+    from .distributed import setup_from_env
 
+    dist = setup_from_env(args.device or "auto")  # under torchrun: join the other ranks; else one process
+    if not args.resume and not dist.is_main:
+        dist.barrier()  # rank 0 creates the run directory first; the other ranks then open it as a resume does
     run = RunDir(args.run_dir)
-    if args.resume:
+    if args.resume or not dist.is_main:
         saved = run.read_json(run.config)
         if saved is None:
             raise SeqGANError(f"{run.config}: cannot resume, the run directory has no readable config.json")
@@ -115,8 +119,9 @@ def cmd_train(args) -> int:
             write_token_file(oracle.sample(min(args.num_train, 2000), config.seq_len), run.path / "heldout.txt")
             save_oracle(oracle, run.path / "oracle.pt")
         run.write_json(run.config, {"config": config.to_dict(), "task": task})
+        dist.barrier()
 
-    device = resolve_device(config.device)
+    device = dist.device if dist.distributed else resolve_device(config.device)
     train = read_token_file(run.path / "train.txt", config.vocab_size)
     heldout_path = run.path / "heldout.txt"
     heldout = read_token_file(heldout_path, config.vocab_size).to(device) if heldout_path.stat().st_size else None
@@ -139,23 +144,28 @@ def cmd_train(args) -> int:
             print(fields, flush=True)
 
     trainer = Trainer(config, train, run, evaluate, show, kind=task["kind"], extra={"task": task},
-                      tokenizer=tokenizer.to_bytes() if tokenizer is not None else None)
+                      tokenizer=tokenizer.to_bytes() if tokenizer is not None else None, dist=dist)
     if args.resume:
         latest = run.checkpoint("latest")
         if latest.exists():
             trainer.restore(load_bundle(latest))
-            print(f"resuming at unit {trainer.unit} of {len(trainer.schedule)}", flush=True)
+            if dist.is_main:
+                print(f"resuming at unit {trainer.unit} of {len(trainer.schedule)}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())
     try:
         state = trainer.run()
     except KeyboardInterrupt:
         trainer.save("latest")
-        run.update_status(state="stopped")
+        if dist.is_main:
+            run.update_status(state="stopped")
         state = "stopped"
     except Exception as exc:
-        run.update_status(state="failed", error=f"{type(exc).__name__}: {exc}")
+        if dist.is_main:
+            run.update_status(state="failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    print(f"{state}: {run.path}", flush=True)
+    dist.close()
+    if dist.is_main:
+        print(f"{state}: {run.path}", flush=True)
     return 0
 
 

@@ -15,6 +15,11 @@ and the next unit. ``mle.pt`` is the MLE baseline (the generator at the end of p
 Differences from the original code, all deliberate: MLE batches are reshuffled every epoch (the original reads
 them in file order); evaluation draws from its own seeded RNG so that evaluating more or less often does not
 change training; the policy-gradient reward may optionally have a baseline subtracted (off by default).
+
+On several ranks (launched by torchrun; see distributed.py) the same schedule runs on every rank in lockstep:
+each MLE batch is split across ranks, each rank draws and trains the discriminator on its share of the
+negatives, and each rank samples and rolls out its share of the policy-gradient batch; DDP combines the
+gradients. Rank 0 alone evaluates and writes; the events carry figures summed or averaged over ranks.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 
 from .checkpoint import FORMAT, save_bundle, tokenizer_tensor
 from .corpus import write_token_file
+from .distributed import SINGLE, DistContext, Objective
 from .errors import ConfigError
 from .models import PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, sample_from_logits
 from .rollout import RewardFn, discriminator_reward, rollout_rewards
@@ -159,15 +165,41 @@ def resolve_device(name: str) -> torch.device:
 Evaluator = Callable[[Generator, torch.Generator], dict]
 
 
+def scheduled_sampling_nll(G: Generator, tokens: torch.Tensor, own_prob: float) -> torch.Tensor:
+    """MLE loss where each input token is, with probability ``own_prob``, G's own draw instead of the data's."""
+    token = torch.full_like(tokens[:, 0], G.start_token)
+    state, losses = None, []
+    for t in range(tokens.shape[1]):
+        hidden, state = G.step(token, state)
+        logits = G.output(hidden)
+        losses.append(F.cross_entropy(logits, tokens[:, t]))
+        own = sample_from_logits(logits.detach())
+        use_own = torch.rand(len(token), device=token.device) < own_prob
+        token = torch.where(use_own, own, tokens[:, t])
+    return torch.stack(losses).mean()
+
+
+def discriminator_loss(D: Discriminator, tokens: torch.Tensor, labels: torch.Tensor):
+    """D's training loss on a batch, and its logits (for the accuracy)."""
+    logits = D(tokens)
+    return D.loss(logits, labels), logits
+
+
 class Trainer:
-    """Runs the schedule of a ``TrainConfig`` on ``train_data`` ([N, seq_len] token ids)."""
+    """Runs the schedule of a ``TrainConfig`` on ``train_data`` ([N, seq_len] token ids).
+
+    ``dist``: this process's place among the ranks of a torchrun launch (``setup_from_env``); the default is
+    one process. Every rank builds a Trainer with the same arguments; only rank 0 evaluates, calls
+    ``callback`` and writes into ``run_dir``.
+    """
 
     def __init__(self, config: TrainConfig, train_data: torch.Tensor, run_dir: str | RunDir | None = None,
                  evaluate: Evaluator | None = None, callback: Callable[[dict], None] | None = None,
                  reward_fn: RewardFn | None = None, kind: str = "tokens", tokenizer: bytes | None = None,
-                 extra: dict | None = None):
+                 extra: dict | None = None, dist: DistContext = SINGLE):
         self.config = config.validate()
-        self.device = resolve_device(config.device)
+        self.dist = dist
+        self.device = dist.device if dist.distributed else resolve_device(config.device)
         if train_data.dim() != 2 or train_data.shape[1] != config.seq_len:
             raise ConfigError(f"training data must be [N, {config.seq_len}] token ids, got {list(train_data.shape)}")
         if len(train_data) == 0:
@@ -176,11 +208,15 @@ class Trainer:
             raise ConfigError(f"training data has token ids outside 0..{config.vocab_size - 1}")
         if config.reward == "bleu" and reward_fn is None:
             raise ConfigError("reward 'bleu' needs a reward function (PG-BLEU is set up by the oracle experiment)")
+        if min(config.batch_size, config.num_negatives, len(train_data)) < dist.world_size:
+            raise ConfigError(f"{dist.world_size} ranks need at least one sequence per rank in batch_size "
+                              f"({config.batch_size}), num_negatives ({config.num_negatives}) and the training "
+                              f"data ({len(train_data)})")
         self.data = train_data.to(self.device)
         if run_dir is not None and not isinstance(run_dir, RunDir):
             run_dir = RunDir(run_dir)
-        self.run_dir = run_dir.create() if run_dir is not None else None
-        self.evaluate_fn, self.callback = evaluate, callback
+        self.run_dir = run_dir.create() if run_dir is not None and dist.is_main else None
+        self.evaluate_fn, self.callback = evaluate, (callback if dist.is_main else None)
         self.kind, self.tokenizer, self.extra = kind, tokenizer, dict(extra or {})
         self.schedule = config.units()
         self.phase_units = Counter(phase for phase, _ in self.schedule)
@@ -199,12 +235,23 @@ class Trainer:
             "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.d_lr),
         }
         self.reward_fn = reward_fn or discriminator_reward(self.discriminator)
+        # Losses that get a gradient are computed through these (under DDP on several ranks, see distributed.py).
+        self.g_objective = dist.wrap(Objective(self.generator))
+        self.d_objective = dist.wrap(Objective(self.discriminator))
+        self.shared_rng = None  # one process: the default random stream serves everything
+        if dist.distributed:
+            self.shared_rng = torch.Generator(device=self.device)
+            self.shared_rng.set_state(torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
+                                      else torch.get_rng_state())
+            self._seed_own_stream()
 
     # ----- state -------------------------------------------------------------------------------------------
     def bundle(self, role: str) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.shared_rng is not None:  # several ranks: the shared stream stands for a single process's stream
+            rng["cuda" if self.device.type == "cuda" else "torch"] = self.shared_rng.get_state()
         return {
             "format": FORMAT, "kind": self.kind, "role": role, "config": self.config.to_dict(),
             "position": {"unit": self.unit, "total": len(self.schedule)},
@@ -218,13 +265,19 @@ class Trainer:
         self.generator.load_state_dict(bundle["generator"])
         if "discriminator" in bundle:
             self.discriminator.load_state_dict(bundle["discriminator"])
+        self.unit = bundle["position"]["unit"] if position is None else position
         if not weights_only:
             for name, opt in self.optimizers.items():
                 opt.load_state_dict(bundle["optimizers"][name])
-            torch.set_rng_state(bundle["rng"]["torch"])
-            if self.device.type == "cuda" and "cuda" in bundle["rng"]:
-                torch.cuda.set_rng_state(bundle["rng"]["cuda"], self.device)
-        self.unit = bundle["position"]["unit"] if position is None else position
+            if self.shared_rng is None:
+                torch.set_rng_state(bundle["rng"]["torch"])
+                if self.device.type == "cuda" and "cuda" in bundle["rng"]:
+                    torch.cuda.set_rng_state(bundle["rng"]["cuda"], self.device)
+            else:  # the saved stream becomes the shared one; each rank's own stream starts afresh
+                key = "cuda" if self.device.type == "cuda" else "torch"
+                if key in bundle["rng"]:
+                    self.shared_rng.set_state(bundle["rng"][key])
+                self._seed_own_stream()
         if self.run_dir is not None:
             self.run_dir.truncate_events(self.unit)
 
@@ -237,80 +290,86 @@ class Trainer:
         """Finish the unit in progress, checkpoint and return (the CLI calls this on SIGTERM)."""
         self.stop_requested = True
 
+    def _seed_own_stream(self) -> None:
+        """Several ranks: this rank's own stream (samples, roll-outs, dropout) is seeded with seed + rank at the
+        start, and afresh on resume, so that a resumed run does not repeat the random numbers of its start."""
+        torch.manual_seed(self.config.seed + self.dist.rank + 1_000_003 * self.unit)
+
     # ----- the pieces of the schedule ---------------------------------------------------------------------
-    def _step(self, optimizer, loss, clip_parameters=None):
+    def _step(self, optimizer, loss, clip_parameters=None, scale: float = 1.0):
+        """One update. ``scale`` multiplies this rank's gradient before DDP averages it (see distributed.py)."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if scale == 1.0 else loss * scale).backward()
         if clip_parameters is not None:
             torch.nn.utils.clip_grad_norm_(clip_parameters, self.config.grad_clip)
         optimizer.step()
 
-    def _batches(self, n: int, batch_size: int):
+    def _batches(self, n: int, batch_size: int, generator: torch.Generator | None = None):
         """Shuffled full batches (the original drops the last partial one); one batch if n < batch_size."""
-        order = torch.randperm(n, device=self.device)
+        order = torch.randperm(n, device=self.device, generator=generator)
         size = min(batch_size, n)
         return [order[i:i + size] for i in range(0, n - size + 1, size)]
 
-    def scheduled_sampling_nll(self, tokens: torch.Tensor, own_prob: float) -> torch.Tensor:
-        """MLE loss where each input token is, with probability ``own_prob``, G's own draw instead of the data's."""
-        G = self.generator
-        token = torch.full_like(tokens[:, 0], G.start_token)
-        state, losses = None, []
-        for t in range(tokens.shape[1]):
-            hidden, state = G.step(token, state)
-            logits = G.output(hidden)
-            losses.append(F.cross_entropy(logits, tokens[:, t]))
-            own = sample_from_logits(logits.detach())
-            use_own = torch.rand(len(token), device=token.device) < own_prob
-            token = torch.where(use_own, own, tokens[:, t])
-        return torch.stack(losses).mean()
-
     def mle_epoch(self, index: int) -> dict:
-        c, G = self.config, self.generator
+        c, G, dist = self.config, self.generator, self.dist
         G.train()
         own_prob = c.scheduled_sampling * index / max(1, c.mle_epochs - 1)
         losses = []
-        for idx in self._batches(len(self.data), c.batch_size):
-            batch = self.data[idx]
-            loss = self.scheduled_sampling_nll(batch, own_prob) if c.scheduled_sampling > 0 else G.nll(batch)
-            self._step(self.optimizers["mle"], loss, G.parameters())
-            losses.append(loss.item())
-        event = {"g_loss": sum(losses) / len(losses)}
+        for idx in self._batches(len(self.data), c.batch_size, self.shared_rng):
+            mine = dist.shard(idx)  # every rank has the same global batch and takes its part
+            share = len(mine) / len(idx)
+            batch = self.data[mine]
+            if c.scheduled_sampling > 0:
+                loss = self.g_objective(scheduled_sampling_nll, batch, own_prob)
+            else:
+                loss = self.g_objective(Generator.nll, batch)
+            self._step(self.optimizers["mle"], loss, G.parameters(), share * dist.world_size)
+            losses.append(loss.item() * share)
+        [g_loss] = dist.sum(sum(losses) / len(losses))
+        event = {"g_loss": g_loss}
         if c.scheduled_sampling > 0:
             event["own_token_prob"] = own_prob
         return event
 
     def discriminator_round(self) -> dict:
         """Fresh negatives from G, then d_epochs epochs of D over positives + negatives."""
-        c, D = self.config, self.discriminator
-        negatives = self.generator.sample(c.num_negatives, c.seq_len)
+        c, D, dist = self.config, self.discriminator, self.dist
+        negatives = self.generator.sample(dist.per_rank(c.num_negatives), c.seq_len)
         positives = self.data
         if len(positives) > c.num_negatives:  # a large corpus: as many positives as negatives, drawn afresh
-            positives = positives[torch.randperm(len(positives), device=self.device)[:c.num_negatives]]
+            order = torch.randperm(len(positives), device=self.device, generator=self.shared_rng)
+            positives = positives[order[:c.num_negatives]]
+        positives = dist.equal_shard(positives)  # equal counts: every rank must run the same number of batches
         tokens = torch.cat([positives, negatives])
         labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).long().to(self.device)
         D.train()
         losses, correct, seen = [], 0, 0
         for _ in range(c.d_epochs):
-            for idx in self._batches(len(tokens), c.d_batch_size):
-                logits = D(tokens[idx])
-                loss = D.loss(logits, labels[idx])
+            for idx in self._batches(len(tokens), dist.per_rank(c.d_batch_size)):
+                loss, logits = self.d_objective(discriminator_loss, tokens[idx], labels[idx])
                 self._step(self.optimizers["d"], loss)  # the original trains D with plain Adam, no clipping
                 losses.append(loss.item())
                 correct += int((logits.argmax(1) == labels[idx]).sum())
                 seen += len(idx)
-        return {"d_loss": sum(losses) / max(1, len(losses)), "d_acc": correct / max(1, seen)}
+        correct, seen = dist.sum(correct, seen)
+        return {"d_loss": dist.mean(sum(losses) / max(1, len(losses))), "d_acc": correct / max(1, seen)}
 
     def generator_pg_step(self) -> dict:
-        c, G = self.config, self.generator
-        samples = G.sample(c.batch_size, c.seq_len)
+        c, G, dist = self.config, self.generator, self.dist
+        samples = G.sample(dist.shard_size(c.batch_size), c.seq_len)  # each rank rolls out its part of the batch
         rewards = rollout_rewards(G, samples, c.rollouts, self.reward_fn)
-        if c.baseline == "mean":
-            rewards = rewards - rewards.mean(dim=0, keepdim=True)
+        if c.baseline == "mean":  # the mean reward at each step over the whole (global) batch
+            mean = (rewards.mean(dim=0, keepdim=True) if not dist.distributed
+                    else dist.sum_tensor(rewards.sum(dim=0, keepdim=True)) / c.batch_size)
+            rewards = rewards - mean
         G.train()
-        loss = G.weighted_nll(samples, rewards)  # -sum over batch and time of log G(y_t | Y_1:t-1) * Q_t
-        self._step(self.optimizers["pg"], loss, G.parameters())
-        return {"g_loss": loss.item(), "reward_mean": rewards.mean().item()}
+        # -sum over batch and time of log G(y_t | Y_1:t-1) * Q_t: a sum over the global batch, so the gradient DDP
+        # averages over ranks is multiplied by the number of ranks.
+        loss = self.g_objective(Generator.weighted_nll, samples, rewards)
+        self._step(self.optimizers["pg"], loss, G.parameters(), dist.world_size)
+        share = len(samples) / c.batch_size
+        g_loss, reward_mean = dist.sum(loss.item(), rewards.mean().item() * share)
+        return {"g_loss": g_loss, "reward_mean": reward_mean}
 
     def adversarial_iteration(self) -> dict:
         c = self.config
@@ -325,6 +384,8 @@ class Trainer:
     # ----- the loop ----------------------------------------------------------------------------------------
     def evaluate(self, name: str) -> dict:
         """Metrics of the generator now, and a few of its samples in ``samples/<name>.txt``."""
+        if not self.dist.is_main:  # rank 0 evaluates; the others wait for it at the end of the unit
+            return {}
         rng = torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + self.unit)
         self.generator.eval()
         if self.run_dir is not None:
@@ -377,10 +438,13 @@ class Trainer:
             if last_of_phase or time.monotonic() - self.last_checkpoint_time >= c.checkpoint_seconds:
                 self.save("latest")
             self._status("running")
-            if self.stop_requested and self.unit < len(self.schedule):
+            # A stop request on any rank (SIGTERM reaches each separately) stops every rank after this unit.
+            if self.dist.any(self.stop_requested) and self.unit < len(self.schedule):
                 self.save("latest")
                 self._status("stopped")
+                self.dist.barrier()
                 return "stopped"
         self.save("latest")
         self._status("finished")
+        self.dist.barrier()  # the other ranks wait for rank 0's last checkpoint
         return "finished"
