@@ -20,7 +20,7 @@ Metrics of a generator on a corpus (``corpus_evaluator``): NLL-test on the held-
 to and including eos for text); BLEU-2..4 of generated sequences against the held-out set (tokens are the
 whitespace-separated words of the decoded text, so characters for the space-separated Chinese quatrains as in
 the paper, and event ids for melodies); Self-BLEU-4 among the generated sequences; distinct-2; for melodies
-the paper's MSE (``seqgan.music.melody_mse``).
+the paper's MSE (``seqgan.music.melody_mse``) and the share of generated windows without a note.
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ class SampleScorer:
 
     def score(self, samples: list[list[int]]) -> dict:
         from .metrics import distinct_n, self_bleu
-        from .music import melody_mse
+        from .music import melody_mse, silent_share
 
         hypotheses = [bleu_tokens(self.tokenizer, row) for row in samples]
         metrics = {f"bleu{n}": self.bleu.corpus(hypotheses, n) for n in self.bleu_orders}
@@ -312,7 +312,9 @@ class SampleScorer:
         metrics["self_bleu4"] = self_bleu(kept, 4) if len(kept) >= 2 else 0.0
         metrics["distinct2"] = distinct_n(hypotheses, 2)
         if self.reference_events is not None:
-            metrics["mse"] = melody_mse([self.tokenizer.decode(row) for row in samples], self.reference_events)
+            melodies = [self.tokenizer.decode(row) for row in samples]
+            metrics["mse"] = melody_mse(melodies, self.reference_events)
+            metrics["silent"] = silent_share(melodies)
         return metrics
 
 

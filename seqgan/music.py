@@ -191,11 +191,15 @@ def melody_mse(generated: Sequence[Sequence[int]], references: Sequence[Sequence
     """The paper's MSE for melodies, as we define it (the paper names the metric but not its pairing): for each
     generated melody, the mean over steps of the squared pitch difference (semitones^2) between its
     ``pitch_contour`` and that of the closest reference melody of the same length; averaged over the generated
-    melodies. Lower is closer to real music; like BLEU, each sequence is scored against the whole reference set."""
-    refs = np.asarray([pitch_contour(r) for r in references], dtype=np.float64)
-    hyps = np.asarray([pitch_contour(g) for g in generated], dtype=np.float64)
-    if refs.ndim != 2 or hyps.ndim != 2 or len(refs) == 0 or len(hyps) == 0 or refs.shape[1] != hyps.shape[1]:
-        raise ValueError("melody_mse needs non-empty lists of melodies, all of one length")
+    melodies. Lower is closer to real music; like BLEU, each sequence is scored against the whole reference set.
+    Melodies without a note have no pitch to compare and are left out (``silent_share`` counts them);
+    NaN if every generated melody is silent."""
+    refs = np.asarray([pitch_contour(r) for r in references if any(e >= 0 for e in r)], dtype=np.float64)
+    hyps = np.asarray([pitch_contour(g) for g in generated if any(e >= 0 for e in g)], dtype=np.float64)
+    if len(hyps) == 0:
+        return float("nan")
+    if refs.ndim != 2 or hyps.ndim != 2 or len(refs) == 0 or refs.shape[1] != hyps.shape[1]:
+        raise ValueError("melody_mse needs reference melodies with notes, all as long as the generated ones")
     ref_norms = (refs ** 2).sum(1)
     best = []
     for i in range(0, len(hyps), chunk):
@@ -203,6 +207,11 @@ def melody_mse(generated: Sequence[Sequence[int]], references: Sequence[Sequence
         distances = (h ** 2).sum(1)[:, None] + ref_norms[None, :] - 2.0 * h @ refs.T
         best.append(np.maximum(distances.min(1), 0.0))
     return float(np.concatenate(best).mean() / hyps.shape[1])
+
+
+def silent_share(melodies: Sequence[Sequence[int]]) -> float:
+    """The share of melodies without a single note (a generator failure that ``melody_mse`` leaves out)."""
+    return sum(not any(e >= 0 for e in m) for m in melodies) / max(1, len(melodies))
 
 
 def fit_to_range(events: Sequence[int], low: int = DEFAULT_LOW, high: int = DEFAULT_HIGH) -> list[int]:

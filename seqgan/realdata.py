@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_bundle
+from .corpus import (SampleScorer, corpus_evaluator, load_corpus, read_token_file, sequence_nll,
+                     tokenizer_from_bytes)
 from .errors import SeqGANError
-from .corpus import SampleScorer, corpus_evaluator, load_corpus, sequence_nll
 from .models import Generator
 from .runs import RunDir
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, resolve_device
 
 # The paper's numbers (Tables 2 and 4); "Real data" BLEU-2 of the quatrains is the paper's 0.746.
 TASKS = {
@@ -55,8 +56,8 @@ PRESETS = {
                       eval_samples=2_000, eval_every=5, final_samples=5_000, **QUARTER_D),
     },
 }
-METRICS = ("bleu2", "bleu3", "bleu4", "mse", "self_bleu4", "distinct2", "nll_test")
-LABELS = {"bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "mse": "MSE", "self_bleu4": "Self-BLEU-4",
+METRICS = ("bleu2", "bleu3", "bleu4", "mse", "silent", "self_bleu4", "distinct2", "nll_test")
+LABELS = {"bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "mse": "MSE", "silent": "silent windows", "self_bleu4": "Self-BLEU-4",
           "distinct2": "distinct-2", "nll_test": "NLL-test"}
 
 
@@ -70,55 +71,75 @@ def load_generator(path: Path, device: torch.device) -> Generator:
 
 def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: str | None = None,
              device: str = "auto", log=print, **overrides) -> dict:
-    """Train one SeqGAN run (and so its MLE baseline) into ``out_dir``; write and return ``final.json``."""
-    if (Path(out_dir) / "final.json").exists():
+    """Train one SeqGAN run (and so its MLE baseline) into ``out_dir``, score it, write and return ``final.json``.
+    A finished run already there is only scored again (when ``final.json`` is missing)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "final.json").exists():
         log(f"[{task} seed {seed}] already done: {out_dir}/final.json")
-        return json.loads((Path(out_dir) / "final.json").read_text())
-    if (Path(out_dir) / "config.json").exists():
-        raise SeqGANError(f"{out_dir}: holds an unfinished run; remove it (or finish it with "
-                          f"`seqgan train --resume --run-dir {out_dir}`, then score it by running this again)")
+        return json.loads((out_dir / "final.json").read_text())
+    run = RunDir(out_dir)
     settings = {**PRESETS[preset][task], **overrides}
     final_samples = settings.pop("final_samples")
-    source = corpus_source or TASKS[task]["corpus"]
-    corpus = load_corpus(source, "text" if task == "poems" else "music", seed=0)  # one split for every seed
-    config = TrainConfig(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token,
-                         seed=seed, device=device, **settings).validate()
-    run = RunDir(out_dir).create()
-    corpus.write(run.path)
-    task_info = {"kind": corpus.kind, "source": str(source), "corpus": corpus.summary(),
-                 "experiment": {"task": task, "preset": preset}}
-    run.write_json(run.config, {"config": config.to_dict(), "task": task_info})
-    main = TASKS[task]["main"]
-
-    def progress(event):
-        if main in event:
-            log(f"[{task} seed {seed}] {event['phase']:11s} {event['step']:4d}/{event['total']:<4d} "
-                f"{main}={event[main]:.4f} self_bleu4={event['self_bleu4']:.4f} nll_test={event['nll_test']:.4f}")
-
     started = time.time()
-    trainer = Trainer(config, corpus.train, run, corpus_evaluator(corpus.tokenizer, corpus.heldout, config.seq_len,
-                                                                  config.eval_samples),
-                      progress, kind=corpus.kind, tokenizer=corpus.tokenizer.to_bytes(), extra={"task": task_info})
-    trainer.run()
-    seconds = time.time() - started
+    if run.config.exists():
+        if (run.read_status() or {}).get("state") != "finished":
+            raise SeqGANError(f"{out_dir}: holds an unfinished run; finish it with `seqgan train --resume "
+                              f"--run-dir {out_dir}` and run this again to score it, or remove it")
+        log(f"[{task} seed {seed}] scoring the finished run in {out_dir}")
+        config = TrainConfig.from_dict(run.read_json(run.config)["config"])
+        seconds = sum(event.get("seconds", 0.0) for event in run.events())
+    else:
+        source = corpus_source or TASKS[task]["corpus"]
+        corpus = load_corpus(source, "text" if task == "poems" else "music", seed=0)  # one split for all seeds
+        config = TrainConfig(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token,
+                             seed=seed, device=device, **settings).validate()
+        run.create()
+        corpus.write(run.path)
+        task_info = {"kind": corpus.kind, "source": str(source), "corpus": corpus.summary(),
+                     "experiment": {"task": task, "preset": preset}}
+        run.write_json(run.config, {"config": config.to_dict(), "task": task_info})
+        main = TASKS[task]["main"]
 
-    scorer = SampleScorer(corpus.tokenizer, corpus.heldout)
-    eos = corpus.tokenizer.eos_id if corpus.kind == "text" else None
+        def progress(event):
+            if main in event:
+                log(f"[{task} seed {seed}] {event['phase']:11s} {event['step']:4d}/{event['total']:<4d} "
+                    f"{main}={event[main]:.4f} self_bleu4={event['self_bleu4']:.4f} "
+                    f"nll_test={event['nll_test']:.4f}")
+
+        evaluator = corpus_evaluator(corpus.tokenizer, corpus.heldout, config.seq_len, config.eval_samples)
+        Trainer(config, corpus.train, run, evaluator, progress, kind=corpus.kind,
+                tokenizer=corpus.tokenizer.to_bytes(), extra={"task": task_info}).run()
+        seconds = time.time() - started
+    result = score_run(run, config, final_samples, seed)
+    result.update(task=task, preset=preset, seconds=seconds)
+    (out_dir / "final.json").write_text(json.dumps(result, indent=1))
+    main = TASKS[task]["main"]
+    log(f"[{task} seed {seed}] done in {seconds:.0f} s: " + ", ".join(
+        f"{m} {main}={v[main]:.4f}" for m, v in result["final"].items()))
+    return result
+
+
+def score_run(run: RunDir, config: TrainConfig, final_samples: int, seed: int) -> dict:
+    """MLE (mle.pt), SeqGAN (seqgan.pt) and real training data, scored the same way against the held-out set."""
+    tokenizer = tokenizer_from_bytes((run.path / "tokenizer.bin").read_bytes())
+    train = read_token_file(run.path / "train.txt", config.vocab_size)
+    heldout = read_token_file(run.path / "heldout.txt", config.vocab_size)
+    scorer = SampleScorer(tokenizer, heldout)
+    eos = tokenizer.eos_id if tokenizer.kind == "text" else None
+    device = resolve_device(config.device)
     final = {}
     for model, role in (("MLE", "mle"), ("SeqGAN", "seqgan")):
-        generator = load_generator(run.checkpoint(role), trainer.device)
-        rng = torch.Generator(device=trainer.device).manual_seed(10_000 + seed)
+        generator = load_generator(run.checkpoint(role), device)
+        rng = torch.Generator(device=device).manual_seed(10_000 + seed)
         with torch.no_grad():
             samples = generator.sample(final_samples, config.seq_len, generator=rng).cpu().tolist()
-            final[model] = {**scorer.score(samples), "nll_test": sequence_nll(generator, corpus.heldout, eos)}
-    order = torch.randperm(len(corpus.train), generator=torch.Generator().manual_seed(seed))[:final_samples]
-    final["Real data"] = scorer.score(corpus.train[order].tolist())
-    result = {"task": task, "preset": preset, "seed": seed, "seconds": seconds, "final_samples": final_samples,
-              "corpus": corpus.summary(), "config": config.to_dict(), "final": final}
-    (Path(out_dir) / "final.json").write_text(json.dumps(result, indent=1))
-    log(f"[{task} seed {seed}] done in {seconds:.0f} s: " + ", ".join(
-        f"{m} {main}={v[main]:.4f}" for m, v in final.items()))
-    return result
+            final[model] = {**scorer.score(samples), "nll_test": sequence_nll(generator, heldout, eos)}
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:final_samples]
+    final["Real data"] = scorer.score(train[order].tolist())
+    summary = {"kind": tokenizer.kind, "train": len(train), "heldout": len(heldout), "seq_len": config.seq_len,
+               "vocab_size": config.vocab_size}
+    return {"seed": seed, "final_samples": final_samples, "corpus": summary, "config": config.to_dict(),
+            "final": final}
 
 
 def summarize(results: list[dict]) -> dict:

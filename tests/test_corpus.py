@@ -14,7 +14,7 @@ from seqgan.corpus import (SampleScorer, load_corpus, read_token_file, sequence_
                            text_corpus, tokenizer_from_bytes)
 from seqgan.errors import ConfigError, InputError
 from seqgan.models import Generator
-from seqgan.music import HOLD, REST, events_to_midi, melody_mse, pitch_contour
+from seqgan.music import HOLD, REST, events_to_midi, melody_mse, pitch_contour, silent_share
 
 LINES = [f"the {c} cat sat on the {d} mat" for c in ("red", "blue", "old", "fat") for d in ("warm", "cold", "big")]
 TINY = ["--mle-epochs", "1", "--d-pretrain-rounds", "1", "--num-negatives", "40", "--adv-iters", "1",
@@ -99,6 +99,10 @@ def test_nothing_readable_is_one_error_naming_the_files():
 def test_pitch_contour_and_melody_mse():
     assert pitch_contour([REST, 60, HOLD, REST, HOLD, 62]) == [60, 60, 60, 60, 60, 62]
     assert pitch_contour([REST, HOLD]) == [0, 0]
+    silent = [REST, HOLD, HOLD, HOLD]
+    assert math.isnan(melody_mse([silent], [[60, HOLD, HOLD, HOLD]]))  # nothing to compare
+    assert melody_mse([silent, [62, HOLD, HOLD, HOLD]], [[60, HOLD, HOLD, HOLD]]) == pytest.approx(4.0)
+    assert silent_share([silent, [62, HOLD, HOLD, HOLD]]) == 0.5
     a = [[60, HOLD, 62, HOLD], [64, HOLD, HOLD, HOLD]]
     assert melody_mse(a, a) == 0.0
     shifted = [[e + 2 if e >= 0 else e for e in m] for m in a]
@@ -112,7 +116,8 @@ def test_music_scores_include_mse_and_real_data_scores_itself_perfectly():
     corpus = load_corpus(uploads, test_fraction=0.5, seed=0)
     scores = SampleScorer(corpus.tokenizer, corpus.heldout).score(corpus.heldout.tolist())
     assert scores["bleu4"] == pytest.approx(1.0) and scores["mse"] == 0.0
-    assert set(scores) == {"bleu2", "bleu3", "bleu4", "self_bleu4", "distinct2", "mse"}
+    assert set(scores) == {"bleu2", "bleu3", "bleu4", "self_bleu4", "distinct2", "mse", "silent"}
+    assert scores["silent"] == 0.0
 
 
 # ----- shared machinery ------------------------------------------------------------------------------------
