@@ -7,6 +7,8 @@
         checkpoints/     latest.pt, mle.pt (the MLE baseline), seqgan.pt (end of adversarial training)
         samples/         generated sequences at evaluation points
         log.txt          human-readable log
+        job.json         written by the app when it starts the run in the background (``seqgan.jobs``)
+        output.txt       that background process's stdout and stderr
 """
 
 from __future__ import annotations
@@ -28,6 +30,23 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.samples = self.path / "samples"
         self.log = self.path / "log.txt"
+        self.job = self.path / "job.json"
+        self.output = self.path / "output.txt"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def exists(self) -> bool:
+        """A run directory: one the trainer wrote (config.json) or the app started (job.json)."""
+        return self.config.is_file() or self.job.is_file()
+
+    def read_config(self) -> dict | None:
+        """config.json as written by ``seqgan train``: ``{"config": {...}, "task": {...}}``, or None."""
+        return self.read_json(self.config)
+
+    def read_status(self) -> dict | None:
+        return self.read_json(self.status)
 
     def create(self) -> "RunDir":
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -72,6 +91,17 @@ class RunDir:
         """On resume, drop events of units after the checkpoint so the stream has no duplicates."""
         kept = [e for e in self.events() if e.get("unit", -1) < unit]
         atomic_write_bytes(self.metrics, "".join(json.dumps(e) + "\n" for e in kept).encode())
+
+    def tail(self, path: Path, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines of a text file of the run (log.txt, output.txt); [] when there is none."""
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
 
     def log_line(self, text: str) -> None:
         with open(self.log, "a") as f:

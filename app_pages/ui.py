@@ -1,0 +1,71 @@
+"""Widgets more than one page uses: a melody (player, piano roll, MIDI download), verse, charts, tables, errors."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import streamlit as st
+
+from seqgan import studio
+from seqgan.errors import SeqGANError
+
+
+def melody(events, *, key: str, title: str = "", midi_name: str = "melody.mid") -> None:
+    """An audio player, the piano roll and a MIDI download of one melody."""
+    media = studio.melody_media(events, title)  # cached: reruns do not render again
+    st.audio(media.wav, format="audio/wav")
+    st.image(media.png, width="stretch")
+    st.download_button("Download MIDI", media.midi, file_name=midi_name, mime="audio/midi", key=key,
+                       on_click="ignore", icon=":material/download:")
+
+
+def plain(text: str) -> str:
+    """Text shown as it is inside markdown (generated lines may hold *, #, _ and the like)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
+
+
+def verse(lines, numbered: bool = False) -> None:
+    """Lines of text, as a quotation or a numbered list."""
+    if numbered:
+        st.markdown("\n".join(f"{i + 1}. {plain(line)}" for i, line in enumerate(lines)))
+    else:
+        st.markdown("\n".join(f"> {plain(line)}  " for line in lines))
+
+
+def line_chart(frame, x_label: str = "unit of the schedule (-1: before training)", height: int = 260) -> None:
+    """Curves of a metrics frame (index: unit), with a point at every measurement (one point is still seen)."""
+    import altair as alt
+
+    data = frame.reset_index().melt(id_vars=frame.index.name or "index", var_name="metric").dropna()
+    x = frame.index.name or "index"
+    chart = alt.Chart(data, height=height).mark_line(point=True).encode(
+        x=alt.X(f"{x}:Q", title=x_label, axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
+        color=alt.Color("metric:N", legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=[alt.Tooltip(f"{x}:Q", title="unit"), "metric:N", alt.Tooltip("value:Q", format=".4g")])
+    st.altair_chart(chart, width="stretch")
+
+
+def metric_table(table) -> None:
+    """A table of metrics (rows) by model (columns) with four decimals."""
+    st.dataframe(table, column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                       for c in table.columns if c != "better"})
+
+
+def show_error(exc: BaseException, what: str = "") -> None:
+    """Our errors as they are (they name the file and the problem); anything else with its type."""
+    if isinstance(exc, SeqGANError):
+        st.error(str(exc), icon=":material/error:")
+    else:
+        st.error(f"{what + ': ' if what else ''}unexpected problem ({type(exc).__name__}: {exc})",
+                 icon=":material/error:")
+
+
+@contextmanager
+def reported(what: str = ""):
+    """Show a problem as a message instead of a crashed page (see ``show_error``)."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001  (a page must not crash on bad input)
+        show_error(exc, what)

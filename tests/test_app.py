@@ -1,0 +1,393 @@
+"""The Streamlit app through streamlit.testing's AppTest: every page, with real data and tiny real runs.
+
+Runs go to a temporary ``SEQGAN_RUNS_DIR``; built-in demo runs are tiny real runs in a temporary
+``SEQGAN_DEMO_DIR`` (made by ``seqgan train`` in a few seconds). Training jobs are real background processes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from e2e_helpers import APP, REPO, abc_tunes, make_runs, melody_zip, poem_lines
+from seqgan import jobs, studio
+from seqgan.checkpoint import load_bundle
+from seqgan.runs import RunDir
+
+AppTest = pytest.importorskip("streamlit.testing.v1", reason="streamlit is not installed").AppTest
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    return make_runs(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch, demo_runs):
+    monkeypatch.setenv("SEQGAN_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("SEQGAN_DEMO_DIR", str(demo_runs))
+    yield tmp_path / "runs"
+    for run, _ in jobs.active_runs(tmp_path / "runs"):  # never leave a job behind
+        jobs.stop(run, force=True)
+
+
+@pytest.fixture
+def no_demos(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQGAN_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("SEQGAN_DEMO_DIR", str(tmp_path / "no-demos"))
+
+
+def open_page(page: str, **query) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update(query)
+    at.run()
+    if page:
+        at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """All text on the page: markdown, captions, messages, metrics."""
+    parts = [e.value for kind in ("markdown", "caption", "info", "success", "warning", "error", "title", "subheader",
+                                  "header") for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def elements(at: AppTest, kind: str) -> list:
+    return [e for e in at.get(kind)]
+
+
+def user_run(runs_dir, demo_runs, name: str = "melodies") -> str:
+    """A finished run of the user's (a copy of a tiny demo run)."""
+    shutil.copytree(demo_runs / name, runs_dir / f"mine-{name}")
+    return f"mine-{name}"
+
+
+# ----- Start ----------------------------------------------------------------------------------------------------
+def test_start_page_plays_a_demo_melody_and_shows_demo_verse(runs_dir):
+    at = open_page("")
+    assert len(elements(at, "audio")) == 1 and len(elements(at, "image")) == 1
+    assert at.get("download_button")[0].label == "Download MIDI"
+    verse = next(m.value for m in at.markdown if m.value.startswith(">"))
+    assert verse.count("\n") == 5
+    at.button[0].click().run()  # "Generate others": the next seed
+    assert next(m.value for m in at.markdown if m.value.startswith(">")) != verse
+
+
+def test_start_page_without_demos_says_how_to_get_them(no_demos):
+    at = open_page("")
+    assert "demo is not installed" in texts(at) and not elements(at, "audio")
+
+
+# ----- Data -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, data, problem", [
+    ("empty.txt", b"", "file is empty"),
+    ("binary.txt", bytes(range(256)) * 8, "binary file"),
+    ("latin1.txt", "caf\xe9 cr\xe8me\nna\xefve line\n".encode("latin-1"), "not valid UTF-8"),
+    ("one.txt", b"just one line\n", "only 1 non-empty line"),
+    ("broken.mid", b"MThd\x00\x00\x00\x06garbage", "no melody could be read"),
+], ids=["empty", "binary", "latin-1", "one-line", "corrupt-midi"])
+def test_data_page_names_the_file_and_the_problem(runs_dir, name, data, problem):
+    at = open_page("data")
+    at.file_uploader[0].upload(name, data)
+    at.run()
+    next(b for b in at.button if b.label == "Read the corpus").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    message = " ".join(e.value for e in at.error)
+    assert name in message and problem in message, message
+    assert not (runs_dir / "corpora").exists()  # nothing kept of a corpus that cannot be used
+
+
+def test_data_page_refuses_a_text_file_mixed_with_melodies(runs_dir):
+    at = open_page("data")
+    at.file_uploader[0].upload("poems.txt", poem_lines(20)).upload("tunes.abc", abc_tunes(2))
+    at.run()
+    next(b for b in at.button if b.label == "Read the corpus").click().run()
+    assert "a text corpus is one .txt file" in at.error[0].value and "poems.txt" in at.error[0].value
+
+
+def test_data_page_summarises_a_text_upload_and_keeps_it_for_training(runs_dir):
+    at = open_page("data")
+    at.file_uploader[0].upload("poems.txt", poem_lines(200))
+    at.run()
+    next(b for b in at.button if b.label == "Read the corpus").click().run()
+    shown = texts(at)
+    assert "Training sequences" in shown and "SentencePiece" in shown and not at.error
+    assert elements(at, "arrow_vega_lite_chart") or elements(at, "vega_lite_chart") or "Lengths" in shown
+    lines = poem_lines(200).decode().splitlines()
+    examples = re.sub(r"\\(.)", r"\1", next(m.value for m in at.markdown if m.value.startswith(">")))
+    assert sum(line in examples for line in lines) >= 3  # decoded examples are lines of the corpus
+    choice = at.session_state["train_corpus"]
+    assert choice.startswith("upload:") and (runs_dir / "corpora" / choice.split(":", 1)[1] / "poems.txt").exists()
+    # the Train page offers it, preselected
+    at.switch_page("app_pages/train.py").run()
+    assert at.selectbox[0].value == choice
+
+
+def test_data_page_lists_bad_melody_files_and_plays_the_good_ones(runs_dir):
+    at = open_page("data")
+    at.file_uploader[0].upload("tunes.zip", melody_zip())
+    at.run()
+    next(b for b in at.button if b.label == "Read the corpus").click().run()
+    assert not at.error and "left out" in texts(at)
+    problems = at.dataframe[0].value
+    assert list(problems["file or tune"]) == ["tunes.zip/tunes/broken.mid"]
+    assert len(elements(at, "audio")) == 3 and len(at.get("download_button")) == 3
+
+
+# ----- Train ----------------------------------------------------------------------------------------------------
+def wait_for(run_id: str, states, timeout: float = 60.0) -> str:
+    deadline, state = time.monotonic() + timeout, "not there yet"
+    while time.monotonic() < deadline:
+        try:
+            state = studio.get_run(run_id).state.state
+        except studio.InputError:  # a terminal run before the trainer wrote config.json
+            state = "not there yet"
+        if state in states:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not reach {states} in {timeout} s (it is {state})")
+
+
+def test_train_page_starts_stops_and_resumes_a_real_job(runs_dir):
+    choice = studio.save_corpus_files([("poems.txt", poem_lines(200))])
+    at = open_page("train")
+    at.selectbox[0].set_value(choice.id)
+    at.radio[0].set_value("smoke")
+    at.run()
+    # many short MLE epochs: the job is still running when it is stopped
+    at.number_input(key="opt-smoke-text-mle_epochs").set_value(3000)
+    at.number_input(key="opt-smoke-text-checkpoint_seconds").set_value(0.0)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.error, [e.value for e in at.error]
+    run_id = at.session_state["train_run"]
+    info = studio.get_run(run_id)
+    job = jobs.read_job(info.run)
+    assert job["command"][2:6] == ["seqgan", "--threads", "1", "train"] and job["device"] in jobs.device_slots()
+    assert wait_for(run_id, ("running",)) == "running"
+
+    # one job per machine (or per GPU): a second start is refused with the reason
+    if jobs.device_slots() == ["cpu"]:
+        next(b for b in at.button if b.label == "Start training").click().run()
+        assert "already training" in at.error[0].value
+
+    at = open_page("train", run=run_id)  # a new session (a browser refresh) finds the job again
+    assert "state **running**" in texts(at)
+    next(b for b in at.button if b.label == "Stop").click().run()
+    assert wait_for(run_id, ("stopped",)) == "stopped"
+    stopped = RunDir(runs_dir / run_id)
+    bundle = load_bundle(stopped.checkpoint("latest"))
+    assert 0 < bundle["position"]["unit"] < bundle["position"]["total"]
+
+    at.run()
+    assert "state **stopped**" in texts(at)
+    next(b for b in at.button if b.label == "Resume").click().run()
+    assert wait_for(run_id, ("running",)) == "running"
+    assert jobs.read_job(stopped)["resumed"] is True
+    studio.stop_training(run_id)
+    assert wait_for(run_id, ("stopped",)) == "stopped"
+
+
+def test_train_page_follows_a_smoke_run_to_the_end(runs_dir):
+    choice = studio.save_corpus_files([("tunes.abc", abc_tunes(8))])
+    run_id = studio.start_training(choice.id, "smoke", {s.name: s.default for s in studio.option_specs("smoke",
+                                                                                                       "music")})
+    assert wait_for(run_id, ("finished", "failed")) == "finished", studio.get_run(run_id).state.message
+    at = open_page("train")
+    shown = texts(at)
+    assert "state **finished**" in shown
+    bar = at.get("progress")[0].proto
+    assert bar.value == 100 and bar.text.startswith("done: 3 units in")
+    for label in ("MLE loss", "PG loss", "D loss", "D accuracy", "NLL-test", "BLEU-4", "Self-BLEU-4", "distinct-2"):
+        assert label in shown, label
+    assert len(elements(at, "arrow_vega_lite_chart") or elements(at, "vega_lite_chart")) >= 6
+    assert any(b.label == "Compare its models" for b in at.button)
+
+
+def test_train_page_shows_why_a_job_failed(runs_dir):
+    choice = studio.save_corpus_files([("poems.txt", poem_lines(50))])
+    options = {s.name: s.default for s in studio.option_specs("smoke", "text")}
+    run_id = studio.start_training(choice.id, "smoke", {**options, "seq_len": 3})  # no line fits in 2 tokens
+    assert wait_for(run_id, ("failed", "finished")) == "failed"
+    at = open_page("train")
+    assert "fewer than two lines fit" in at.error[0].value
+
+
+def test_a_bad_option_is_refused_before_anything_starts(runs_dir):
+    choice = studio.save_corpus_files([("poems.txt", poem_lines(50))])
+    at = open_page("train")
+    at.selectbox[0].set_value(choice.id)
+    at.run()
+    at.text_input(key="opt-quick-text-d_num_filters").set_value("10 10")
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert "d_filter_sizes has 10 widths but d_num_filters has 2 counts" in at.error[0].value
+    assert not studio.list_runs(include_demos=False)
+
+
+# ----- Compare --------------------------------------------------------------------------------------------------
+def test_compare_opens_on_the_demo_melodies_with_players_for_both_models(runs_dir):
+    at = open_page("compare")
+    assert at.selectbox[0].value == "demo:melodies"
+    headers = [m.value for m in at.markdown if m.value.startswith("**") and "demo melodies" in m.value]
+    assert headers == ["**MLE — demo melodies**", "**SeqGAN — demo melodies**"]
+    assert len(elements(at, "audio")) == 6 and len(at.get("download_button")) == 6 and len(elements(at, "image")) == 6
+    table = at.dataframe[0].value
+    assert {"NLL-test", "BLEU-2", "BLEU-3", "BLEU-4", "Self-BLEU-4", "distinct-2", "MSE (melody)"} <= set(table.index)
+    assert list(table.columns) == ["better", "MLE — demo melodies", "SeqGAN — demo melodies"]
+    diversity = at.dataframe[1].value
+    assert set(diversity.index) == {"Self-BLEU-4", "distinct-2"}
+
+
+def test_compare_samples_follow_temperature_and_seed_and_a_second_run(runs_dir, demo_runs):
+    user = user_run(runs_dir, demo_runs, "poems")
+    at = open_page("compare", run="demo:poems")
+    assert at.selectbox[0].value == "demo:poems"
+
+    def samples():
+        return [m.value for m in at.markdown if m.value.startswith("1. ")]
+
+    first = samples()
+    assert len(first) == 2 and all(s.count("\n") == 7 for s in first)  # 8 lines per model
+    at.number_input[0].set_value(1).run()
+    assert samples() != first
+    at.number_input[0].set_value(0).run()
+    assert samples() == first  # the same seed gives the same samples
+    at.slider[1].set_value(0.3).run()
+    assert samples() != first
+    at.selectbox[1].set_value(user).run()
+    assert len(samples()) == 4 and list(at.dataframe[0].value.columns)[-1] == f"SeqGAN — {user}"
+
+
+def test_compare_without_models_says_what_to_do(no_demos):
+    at = open_page("compare")
+    assert "Nothing to compare yet" in at.info[0].value
+
+
+# ----- Checkpoints ----------------------------------------------------------------------------------------------
+class Payload:
+    def __reduce__(self):
+        return (print, ("this would run when unpickled",))
+
+
+def torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("name, make, problem", [
+    ("empty.pt", lambda bundle: b"", "the file is empty"),
+    ("noise.pt", lambda bundle: bytes(range(256)) * 10, "not a SeqGAN Studio checkpoint or the file is damaged"),
+    ("pickled-code.pt", lambda bundle: torch_bytes({**bundle, "extra": Payload()}), "the file is damaged"),
+    ("plain-pickle.pt", lambda bundle: pickle.dumps(bundle["config"]), "the file is damaged"),
+    ("foreign.pt", lambda bundle: torch_bytes(torch.nn.Linear(2, 2).state_dict()), "expected format"),
+    ("mismatched.pt", lambda bundle: torch_bytes({**bundle, "config": {**bundle["config"], "g_hidden_dim": 9}}),
+     "does not match"),
+], ids=["empty", "noise", "pickled-code", "plain-pickle", "foreign", "mismatched"])
+def test_checkpoint_uploads_that_are_not_ours_get_a_clear_error(runs_dir, demo_runs, name, make, problem):
+    bundle = load_bundle(demo_runs / "poems" / "checkpoints" / "seqgan.pt")
+    at = open_page("checkpoints")
+    at.file_uploader[0].upload(name, make(bundle))
+    at.run()
+    assert not at.exception
+    assert name in at.error[0].value and problem in at.error[0].value, at.error[0].value
+    assert not list((runs_dir / "uploaded").glob("*.pt")) if (runs_dir / "uploaded").exists() else True
+
+
+def test_an_uploaded_checkpoint_is_kept_listed_and_compared(runs_dir, demo_runs):
+    data = (demo_runs / "melodies" / "checkpoints" / "seqgan.pt").read_bytes()
+    at = open_page("checkpoints")
+    at.file_uploader[0].upload("my model.pt", data)
+    at.run()
+    assert "a music checkpoint (seqgan)" in at.success[0].value
+    assert at.selectbox[0].value == "upload:my-model.pt"
+    at.run()  # the same upload is not kept twice
+    assert len(list((runs_dir / "uploaded").glob("*.pt"))) == 1
+    next(b for b in at.button if b.label == "Open in Compare").click().run()
+    assert at.selectbox[0].value == "upload:my-model.pt"
+    assert len(elements(at, "audio")) == 3 and "No training metrics" in at.info[0].value
+
+
+def test_checkpoints_download_and_delete_with_confirmation(runs_dir, demo_runs):
+    run_id = user_run(runs_dir, demo_runs)
+    at = open_page("checkpoints")
+    at.selectbox[0].set_value(f"{run_id}/mle").run()
+    download = at.get("download_button")[0]
+    assert download.label == f"Download {run_id}-mle.pt" and download.proto.url
+    next(b for b in at.button if b.label == "Delete checkpoint…").click().run()
+    assert "cannot be undone" in at.warning[0].value
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert (runs_dir / run_id / "checkpoints" / "mle.pt").exists() and not at.warning
+    next(b for b in at.button if b.label == "Delete checkpoint…").click().run()
+    next(b for b in at.button if b.label == "Yes, delete").click().run()
+    assert not (runs_dir / run_id / "checkpoints" / "mle.pt").exists()
+    assert f"{run_id}/mle" not in at.selectbox[0].options
+    at.selectbox[0].set_value(f"{run_id}/seqgan").run()
+    next(b for b in at.button if b.label == "Delete the whole run…").click().run()
+    next(b for b in at.button if b.label == "Yes, delete").click().run()
+    assert not (runs_dir / run_id).exists()
+
+
+def test_demo_checkpoints_are_read_only(runs_dir):
+    at = open_page("checkpoints")
+    assert at.selectbox[0].value.startswith("demo:")
+    assert not any(b.label.startswith("Delete") for b in at.button)
+    with pytest.raises(studio.SeqGANError, match="read-only"):
+        studio.delete_checkpoint(at.selectbox[0].value)
+
+
+# ----- jobs and runs without the pages --------------------------------------------------------------------------
+def test_a_run_whose_process_died_is_interrupted_and_resumable(runs_dir, demo_runs):
+    run_id = user_run(runs_dir, demo_runs)
+    run = RunDir(runs_dir / run_id)
+    run.update_status(state="running")  # as if the machine had restarted mid-run: the pid is this test's
+    status = run.read_status()
+    run.write_json(run.status, {**status, "pid": 999_999_999})
+    assert studio.get_run(run_id).state.state == "interrupted"
+    assert studio.get_run(run_id).state.resumable
+
+
+def test_progress_estimates_the_time_left_from_measured_units(runs_dir, demo_runs):
+    run_id = user_run(runs_dir, demo_runs, "poems")
+    run = RunDir(runs_dir / run_id)
+    events = [e for e in run.events() if e["unit"] < 1]  # only the first MLE epoch happened
+    run.truncate_events(1)
+    run.write_json(run.status, {**run.read_status(), "state": "stopped", "unit": 1})
+    assert len(run.events()) == len(events)
+    progress = studio.run_progress(studio.get_run(run_id))
+    mle_seconds = events[-1]["seconds"]
+    assert (progress.unit, progress.units, progress.phase) == (1, 5, "mle")
+    assert progress.eta_seconds == pytest.approx(mle_seconds)  # one MLE epoch left; the rest not timed yet
+    assert "discriminator" in progress.eta_note and "adversarial" in progress.eta_note
+
+
+def test_a_run_started_in_a_terminal_is_seen_and_stopped_by_the_app(runs_dir, tmp_path):
+    """``seqgan train --run-dir runs/x`` from a shell (relative path, no job.json): listed as running, stoppable."""
+    (tmp_path / "poems.txt").write_bytes(poem_lines(100))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "seqgan", "train", "--run-dir", "runs/terminal", "--corpus",
+                                "poems.txt", "--vocab-size", "300", "--mle-epochs", "3000", "--eval-every", "1000",
+                                "--d-filter-sizes", "2", "--d-num-filters", "4", "--device", "cpu", "--quiet"],
+                               cwd=tmp_path, env=env)
+    try:
+        assert wait_for("terminal", ("running", "failed")) == "running"
+        at = open_page("train")
+        assert "state **running**" in texts(at)
+        next(b for b in at.button if b.label == "Stop").click().run()
+        assert process.wait(timeout=60) == 0
+        assert wait_for("terminal", ("stopped",)) == "stopped"
+    finally:
+        if process.poll() is None:
+            process.kill()
