@@ -98,3 +98,13 @@ def slim_bundle(bundle: dict) -> dict:
     compares and downloads like the full one, at a fraction of the size, but cannot resume training."""
     dropped = ("discriminator", "optimizers", "rng")
     return {key: value for key, value in bundle.items() if key not in dropped}
+
+
+def generator_from_bundle(bundle: dict):
+    """The bundle's generator, built from its config and loaded with its weights, in eval mode (on the CPU)."""
+    from .models import Generator
+
+    c = bundle["config"]
+    generator = Generator(int(c["vocab_size"]), int(c["g_emb_dim"]), int(c["g_hidden_dim"]), int(c["start_token"]))
+    generator.load_state_dict(bundle["generator"])
+    return generator.eval()

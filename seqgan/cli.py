@@ -172,15 +172,12 @@ def cmd_train(args) -> int:
 # ----- seqgan sample --------------------------------------------------------------------------------------
 def cmd_sample(args) -> int:
     """Token ids, one sequence a line; decoded text for text checkpoints; MIDI files for melodies (--midi)."""
-    from .checkpoint import load_bundle, tokenizer_bytes
+    from .checkpoint import generator_from_bundle, load_bundle, tokenizer_bytes
     from .corpus import tokenizer_from_bytes
-    from .models import Generator
 
     bundle = load_bundle(args.checkpoint)
     c = bundle["config"]
-    generator = Generator(c["vocab_size"], c["g_emb_dim"], c["g_hidden_dim"], c["start_token"])
-    generator.load_state_dict(bundle["generator"])
-    generator.eval()
+    generator = generator_from_bundle(bundle)
     data = tokenizer_bytes(bundle)
     tokenizer = tokenizer_from_bytes(data, args.checkpoint) if data else None
     rng = torch.Generator().manual_seed(args.seed)

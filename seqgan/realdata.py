@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_bundle
+from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import (SampleScorer, corpus_evaluator, load_corpus, read_token_file, sequence_nll,
                      tokenizer_from_bytes)
 from .errors import SeqGANError
-from .models import Generator
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device
 
@@ -61,12 +60,8 @@ LABELS = {"bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "mse": "MSE",
           "distinct2": "distinct-2", "nll_test": "NLL-test"}
 
 
-def load_generator(path: Path, device: torch.device) -> Generator:
-    bundle = load_bundle(path)
-    c = bundle["config"]
-    generator = Generator(c["vocab_size"], c["g_emb_dim"], c["g_hidden_dim"], c["start_token"])
-    generator.load_state_dict(bundle["generator"])
-    return generator.to(device).eval()
+def load_generator(path: Path, device: torch.device):
+    return generator_from_bundle(load_bundle(path)).to(device)
 
 
 def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: str | None = None,

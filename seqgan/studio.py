@@ -623,14 +623,12 @@ def _load_model(path: str, mtime_ns: int, size: int) -> Model:
 
 def model_from_bundle(bundle: dict, name: str, path: Path | None = None) -> Model:
     """Build the generator and tokenizer a bundle describes; any mismatch is an InputError naming ``name``."""
+    from .checkpoint import generator_from_bundle
     from .corpus import tokenizer_from_bytes
-    from .models import Generator
 
     c = bundle["config"]
     try:
-        generator = Generator(int(c["vocab_size"]), int(c["g_emb_dim"]), int(c["g_hidden_dim"]),
-                              int(c["start_token"]))
-        generator.load_state_dict(bundle["generator"])
+        generator = generator_from_bundle(bundle)
         seq_len = int(c["seq_len"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
