@@ -635,7 +635,6 @@ def model_from_bundle(bundle: dict, name: str, path: Path | None = None) -> Mode
         raise InputError(name, f"the generator does not match the checkpoint's configuration ({first})") from None
     if not 1 <= seq_len <= 4096:
         raise InputError(name, f"the checkpoint's seq_len {seq_len} is out of range")
-    generator.eval()
     data = tokenizer_bytes(bundle)
     tokenizer = tokenizer_from_bytes(data, name) if data else None
     kind = str(bundle.get("kind", "tokens"))
