@@ -26,7 +26,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .train import CHOICES, TrainConfig
 
     group = parser.add_argument_group("training configuration (defaults: the original SeqGAN code)")
     for f in dataclasses.fields(TrainConfig):
@@ -35,7 +35,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None)
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            group.add_argument(flag, dest=f.name, type=kind, default=None)
+            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name))
 
 
 def config_overrides(args) -> dict:
@@ -302,6 +302,25 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from . import studies
+
+    overrides = config_overrides(args)
+    overrides.pop("seed", None)
+    device = overrides.pop("device", "auto")
+    out = Path(args.out or f"results/{args.study}-{args.preset}")
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.study == "stability":
+        studies.run_stability(args.preset, args.seeds, out, args.variants, args.oracle_params, device, log,
+                              **overrides)
+    else:
+        studies.run_lengths(args.preset, args.seeds, out, args.lengths, args.oracle_params, device, log,
+                            **overrides)
+    print((out / f"{args.study}.md").read_text())
+    print(f"written: {out}/{args.study}.md, {out}/{args.study}.json, {out}/{args.study}.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments import MODELS, PRESETS
 
@@ -378,6 +397,22 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", help="output folder (default results/TASK-PRESET)")
     add_config_options(experiment)
     experiment.set_defaults(func=cmd_experiment)
+
+    from .studies import VARIANTS
+
+    study = sub.add_parser("study", help="beyond the paper, on the oracle task: stability of adversarial training "
+                                         "variants; the SeqGAN - MLE gap at several sequence lengths")
+    study.add_argument("study", choices=["stability", "lengths"])
+    study.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    study.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    study.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                       help="stability: the adversarial variants to compare")
+    study.add_argument("--lengths", type=int, nargs="+", default=[20, 40, 80], help="lengths: sequence lengths")
+    study.add_argument("--oracle-params", help="the paper's oracle (target_params.pkl); default: random per seed")
+    study.add_argument("--out", help="output folder (default results/STUDY-PRESET); finished runs there are kept, "
+                                     "unfinished ones resume")
+    add_config_options(study)
+    study.set_defaults(func=cmd_study)
     return parser
 
 

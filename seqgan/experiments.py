@@ -34,13 +34,13 @@ from .train import TrainConfig, Trainer, resolve_device
 MODELS = ("Random", "MLE", "SS", "PG-BLEU", "SeqGAN")
 PAPER_TABLE1 = {"Random": 10.310, "MLE": 9.038, "SS": 8.985, "PG-BLEU": 8.946, "SeqGAN": 8.736}
 
+QUARTER_D = dict(d_filter_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20],
+                 d_num_filters=[25, 50, 50, 50, 50, 25, 25, 25, 25, 25, 40, 40])  # a quarter of the 1,720 maps
 # What the cpu preset reduces, and by how much, relative to the paper's schedule (TrainConfig defaults).
 PRESETS = {
     "paper": dict(num_train=10_000),
     "demo": dict(                   # a look at every model in about three minutes; not a result
-        num_train=5_000, mle_epochs=10, d_pretrain_rounds=2, num_negatives=2_000,
-        d_filter_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20],
-        d_num_filters=[25, 50, 50, 50, 50, 25, 25, 25, 25, 25, 40, 40],
+        num_train=5_000, mle_epochs=10, d_pretrain_rounds=2, num_negatives=2_000, **QUARTER_D,
         adv_iters=6, d_steps=1, eval_samples=1_000, eval_every=2,
     ),
     "cpu": dict(
@@ -48,8 +48,7 @@ PRESETS = {
         mle_epochs=40,              # paper 120: the original log is within 0.07 of its final MLE value by 40
         d_pretrain_rounds=10,       # paper 50
         num_negatives=5_000,        # paper 10,000 negatives (and as many positives) per discriminator round
-        d_filter_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20],
-        d_num_filters=[25, 50, 50, 50, 50, 25, 25, 25, 25, 25, 40, 40],  # a quarter of the paper's 1,720 maps
+        **QUARTER_D,                # a quarter of the paper's 1,720 feature maps
         adv_iters=40,               # paper 200 (the original log gains most of its 0.4 in the first 70)
         d_steps=1,                  # paper 5 discriminator rounds per adversarial iteration
         rollouts=16,
@@ -64,7 +63,8 @@ def preset_config(preset: str, seed: int, device: str = "auto", **overrides) -> 
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     settings = {**PRESETS[preset], **overrides}
     num_train = settings.pop("num_train")
-    config = TrainConfig(vocab_size=PAPER_VOCAB, seq_len=PAPER_SEQ_LEN, seed=seed, device=device, **settings)
+    settings = {"vocab_size": PAPER_VOCAB, "seq_len": PAPER_SEQ_LEN, **settings}
+    config = TrainConfig(seed=seed, device=device, **settings)
     return config.validate(), num_train
 
 
@@ -82,19 +82,26 @@ SS_FINAL_OWN_TOKEN_PROB = 0.25  # scheduled sampling: feed G its own token with 
 RUN_DIRS = {"SeqGAN": "seqgan", "PG-BLEU": "pg_bleu", "SS": "ss"}  # Random and MLE come from the SeqGAN run
 
 
+def oracle_task(out_dir: Path, seed: int, num_train: int, seq_len: int, oracle_params: str | None = None):
+    """The oracle (the paper's, or random from the seed), its training set and a held-out set (at most 2,000) of
+    sequences of ``seq_len``, also written into ``out_dir`` (oracle.pt, train.txt, heldout.txt)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    oracle = load_oracle(oracle_params) if oracle_params else random_oracle(seed)
+    torch.manual_seed(seed)
+    train = oracle.sample(num_train, seq_len)
+    heldout = oracle.sample(min(num_train, 2_000), seq_len)
+    save_oracle(oracle, out_dir / "oracle.pt")
+    write_token_file(train, out_dir / "train.txt")
+    write_token_file(heldout, out_dir / "heldout.txt")
+    return oracle, train, heldout
+
+
 def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = None, device: str = "auto",
              models=MODELS, log=print, **overrides) -> dict:
     """Train every model for one seed into ``out_dir``; returns ``seed_summary(out_dir)``."""
     config, num_train = preset_config(preset, seed, device, **overrides)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    oracle = load_oracle(oracle_params) if oracle_params else random_oracle(seed)
-    torch.manual_seed(seed)
-    train = oracle.sample(num_train, config.seq_len)
-    heldout = oracle.sample(min(num_train, 2_000), config.seq_len)
-    save_oracle(oracle, out_dir / "oracle.pt")
-    write_token_file(train, out_dir / "train.txt")
-    write_token_file(heldout, out_dir / "heldout.txt")
+    oracle, train, heldout = oracle_task(out_dir, seed, num_train, config.seq_len, oracle_params)
     on = resolve_device(config.device)
     evaluator = oracle_evaluator(oracle.to(on), config.eval_samples, config.seq_len, heldout.to(on))
 

@@ -5,6 +5,10 @@ first input is the embedding of ``start_token`` (token 0, also an ordinary token
 h = c = 0. The discriminator is the paper's CNN: filter widths 1..10, 15, 20 with 100..160 maps, ReLU,
 max-over-time pooling, one highway layer (gate bias -2), dropout (keep 0.75) and a 2-way output whose weights
 carry an L2 penalty of 0.2. Its convolutions are Conv1d over the embedding (measured faster than Conv2d on CPU).
+
+The same network also serves as a Wasserstein-style critic (an option; see ``train.critic_loss``): its score is
+the difference of the two output logits, so that the classifier's P(real) is sigmoid(score) and the critic's
+reward is the unbounded score itself.
 """
 
 from __future__ import annotations
@@ -211,7 +215,11 @@ class Discriminator(nn.Module):
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Max-over-time pooled ReLU feature maps, concatenated: [B, sum(num_filters)]."""
-        x = self.embedding(tokens).transpose(1, 2)  # [B, E, T]
+        return self.embedded_features(self.embedding(tokens))
+
+    def embedded_features(self, embedded: torch.Tensor) -> torch.Tensor:
+        """``features`` of already embedded sequences [B, T, E] (the critic's gradient penalty needs them)."""
+        x = embedded.transpose(1, 2)  # [B, E, T]
         return torch.cat([F.relu(conv(x)).amax(dim=2) for conv in self.convs], dim=1)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -221,8 +229,14 @@ class Discriminator(nn.Module):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.output(self.dropout(self.highway(features)))
 
-    def prob_real_completions(self, completions: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
-        """D(Y) = P(real) of Monte-Carlo completions [T-1, N, B, T] of ``sequences`` [B, T]: [T-1, N, B].
+    @staticmethod
+    def reward_of(logits: torch.Tensor, critic: bool = False) -> torch.Tensor:
+        """The reward from class logits [B, 2]: P(real), or for a critic the score logit(real) - logit(fake)."""
+        return logits[:, 1] - logits[:, 0] if critic else F.softmax(logits, dim=1)[:, 1]
+
+    def prob_real_completions(self, completions: torch.Tensor, sequences: torch.Tensor,
+                              critic: bool = False) -> torch.Tensor:
+        """D(Y) = P(real) (``critic``: the critic's score) of Monte-Carlo completions [T-1, N, B, T] of ``sequences`` [B, T]: [T-1, N, B].
 
         Completion [t-1, n, b] shares its first t tokens with sequence b, so every convolution window that lies
         inside that prefix has the same output as in sequence b itself: those windows are computed once for the
@@ -245,15 +259,19 @@ class Discriminator(nn.Module):
                 if t >= width:  # some windows lie inside the prefix
                     drawn = torch.maximum(drawn, pmax[:, :, t - width].repeat(N, 1))
                 pooled.append(drawn)
-            probs.append(F.softmax(self.classify(torch.cat(pooled, dim=1)), dim=1)[:, 1])
+            probs.append(self.reward_of(self.classify(torch.cat(pooled, dim=1)), critic))
         return torch.stack(probs).view(P, N, B)
 
-    def prob_real(self, tokens: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-        """D(Y) = P(real) for each row, in chunks (call eval() first for the deterministic reward)."""
-        return torch.cat([F.softmax(self(tokens[i:i + batch_size]), dim=1)[:, 1]
+    def prob_real(self, tokens: torch.Tensor, batch_size: int = 4096, critic: bool = False) -> torch.Tensor:
+        """D(Y) = P(real) (``critic``: the critic's score) for each row, in chunks (call eval() first for the
+        deterministic reward)."""
+        return torch.cat([self.reward_of(self(tokens[i:i + batch_size]), critic)
                           for i in range(0, len(tokens), batch_size)])
+
+    def l2_penalty(self) -> torch.Tensor:
+        """The original's L2 term on the output layer, before its weight: (|W|^2 + |b|^2) / 2."""
+        return 0.5 * (self.output.weight.pow(2).sum() + self.output.bias.pow(2).sum())
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy plus the original's L2 term on the output layer: l2 * (|W|^2 + |b|^2) / 2."""
-        l2 = 0.5 * (self.output.weight.pow(2).sum() + self.output.bias.pow(2).sum())
-        return F.cross_entropy(logits, labels) + self.l2_reg * l2
+        return F.cross_entropy(logits, labels) + self.l2_reg * self.l2_penalty()

@@ -149,14 +149,22 @@ def nll_under(model: Generator, tokens: torch.Tensor, batch_size: int = 2048) ->
     return total / count
 
 
-def oracle_evaluator(oracle: Generator, num_samples: int, seq_len: int, heldout: torch.Tensor | None = None):
-    """Trainer evaluation for the synthetic task: NLL-oracle of G's samples, and NLL-test of held-out data."""
+def oracle_evaluator(oracle: Generator, num_samples: int, seq_len: int, heldout: torch.Tensor | None = None,
+                     diversity_samples: int = 500):
+    """Trainer evaluation for the synthetic task: NLL-oracle of G's samples (quality), NLL-test of held-out data
+    (coverage: it rises when G drops modes of the oracle), and Self-BLEU-4 and distinct-2 of the first
+    ``diversity_samples`` samples (diversity; 0 leaves them out)."""
+    from .metrics import distinct_n, self_bleu
 
     def evaluate(generator: Generator, rng: torch.Generator) -> dict:
         samples = generator.sample(num_samples, seq_len, generator=rng)
         metrics = {"nll_oracle": nll_under(oracle, samples)}
         if heldout is not None:
             metrics["nll_test"] = nll_under(generator, heldout)
+        kept = samples[:diversity_samples].tolist()
+        if len(kept) >= 2:
+            metrics["self_bleu4"] = self_bleu(kept, 4)
+            metrics["distinct2"] = distinct_n(kept, 2)
         return metrics
 
     return evaluate

@@ -24,6 +24,7 @@ from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import (SampleScorer, corpus_evaluator, load_corpus, read_token_file, sequence_nll,
                      tokenizer_from_bytes)
 from .errors import SeqGANError
+from .experiments import QUARTER_D
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device
 
@@ -34,8 +35,6 @@ TASKS = {
     "music": {"corpus": "../shared/corpora/nottingham/midi-melody", "main": "bleu4",
               "paper": {"MLE": {"bleu4": 0.921, "mse": 22.38}, "SeqGAN": {"bleu4": 0.941, "mse": 20.62}}},
 }
-QUARTER_D = dict(d_filter_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20],
-                 d_num_filters=[25, 50, 50, 50, 50, 25, 25, 25, 25, 25, 40, 40])  # a quarter of the 1,720 maps
 PRESETS = {
     "paper": {"poems": dict(final_samples=10_000), "music": dict(final_samples=10_000)},
     "demo": {

@@ -100,11 +100,13 @@ def naive_rollout_rewards(generator: Generator, sequences: torch.Tensor, num_rol
 
 
 class DiscriminatorReward:
-    """D(Y) = probability of 'real', the reward SeqGAN uses (dropout off, as the original feeds keep=1.0)."""
+    """D(Y) = probability of 'real', the reward SeqGAN uses (dropout off, as the original feeds keep=1.0);
+    with ``critic``, the Wasserstein critic's score instead."""
 
-    def __init__(self, discriminator, share_prefix_windows: bool = True):
+    def __init__(self, discriminator, share_prefix_windows: bool = True, critic: bool = False):
         self.discriminator = discriminator
         self.share_prefix_windows = share_prefix_windows
+        self.critic = critic
 
     def _eval(self, fn):
         was_training = self.discriminator.training
@@ -116,15 +118,15 @@ class DiscriminatorReward:
             self.discriminator.train(was_training)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._eval(lambda: self.discriminator.prob_real(tokens))
+        return self._eval(lambda: self.discriminator.prob_real(tokens, critic=self.critic))
 
     def score_completions(self, completions: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """Rewards [T-1, N, B] of ``batched_rollout``'s completions."""
         if not self.share_prefix_windows:
             return self(completions.reshape(-1, sequences.shape[1])).view(completions.shape[:3])
 
-        return self._eval(lambda: self.discriminator.prob_real_completions(completions, sequences))
+        return self._eval(lambda: self.discriminator.prob_real_completions(completions, sequences, self.critic))
 
 
-def discriminator_reward(discriminator, share_prefix_windows: bool = True) -> DiscriminatorReward:
-    return DiscriminatorReward(discriminator, share_prefix_windows)
+def discriminator_reward(discriminator, share_prefix_windows: bool = True, critic: bool = False):
+    return DiscriminatorReward(discriminator, share_prefix_windows, critic)

@@ -247,8 +247,8 @@ OPTION_GROUPS = {
                                      "scheduled_sampling", "grad_clip"],
     "Discriminator": ["d_emb_dim", "d_filter_sizes", "d_num_filters", "d_dropout_keep", "d_l2", "d_lr",
                       "d_batch_size", "d_pretrain_rounds", "d_epochs", "num_negatives"],
-    "Adversarial training": ["adv_iters", "g_steps", "d_steps", "rollouts", "pg_lr", "reward", "bleu_n",
-                             "baseline"],
+    "Adversarial training": ["adv_iters", "g_steps", "d_steps", "rollouts", "pg_lr", "reward", "bleu_n"],
+    "Beyond the paper (stability options, off by default)": ["baseline", "reward_norm", "critic", "gp_weight"],
     "Evaluation and checkpoints": ["eval_every", "eval_samples", "checkpoint_seconds"],
 }
 OPTION_HELP = {
@@ -260,7 +260,11 @@ OPTION_HELP = {
     "num_negatives": "Generated sequences per discriminator round (and as many real ones).",
     "rollouts": "Monte-Carlo completions per prefix for the rewards.",
     "reward": "discriminator = SeqGAN. (bleu = PG-BLEU, needs the oracle experiment: not available here.)",
-    "baseline": "mean: subtract the batch-mean reward (variance reduction; the paper has none).",
+    "baseline": "mean: subtract the batch-mean reward at each step (variance reduction; the paper has none).",
+    "reward_norm": "std: standardise the rewards at each step over the batch (mean 0, sd 1); the paper has none.",
+    "critic": "wasserstein: train D as a WGAN-GP critic and use its score as the reward, instead of the "
+              "classifier's P(real) (the paper's).",
+    "gp_weight": "Gradient-penalty weight of the Wasserstein critic (WGAN-GP's lambda; unused by the classifier).",
     "eval_every": "Evaluate the generator every N units of the MLE and adversarial phases.",
     "eval_samples": "Generated sequences per evaluation (BLEU, NLL-oracle, Self-BLEU).",
     "checkpoint_seconds": "Save latest.pt at least this often (and at the end of every phase).",
@@ -279,7 +283,7 @@ class OptionSpec:
 
 def option_specs(preset: str, kind: str) -> list[OptionSpec]:
     """The advanced options with the preset's values as defaults, for a corpus of ``kind``."""
-    from .train import BASELINES, REWARDS, TrainConfig
+    from .train import CHOICES, REWARDS, TrainConfig
 
     p = PRESETS[preset]
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -295,7 +299,7 @@ def option_specs(preset: str, kind: str) -> list[OptionSpec]:
             if name == "vocab_size":
                 default = {"text": p.text_vocab_size, "music": None}.get(kind, default)
             ftype = "list" if name.startswith(("d_filter", "d_num")) else str(fields[name].type)
-            choices = list(REWARDS[:1]) if name == "reward" else list(BASELINES) if name == "baseline" else None
+            choices = list(REWARDS[:1]) if name == "reward" else list(CHOICES.get(name, [])) or None
             specs.append(OptionSpec(name, group, ftype, default, OPTION_HELP.get(name, ""), choices))
     return specs
 

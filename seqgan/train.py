@@ -14,7 +14,13 @@ and the next unit. ``mle.pt`` is the MLE baseline (the generator at the end of p
 
 Differences from the original code, all deliberate: MLE batches are reshuffled every epoch (the original reads
 them in file order); evaluation draws from its own seeded RNG so that evaluating more or less often does not
-change training; the policy-gradient reward may optionally have a baseline subtracted (off by default).
+change training.
+
+Options beyond the paper, all off by default (``TrainConfig``): a reward baseline (``baseline="mean"``), reward
+normalisation (``reward_norm="std"``: at each time step, rewards minus their batch mean, divided by their batch
+standard deviation), and a Wasserstein-style critic in place of the classifier (``critic="wasserstein"``: D is
+trained to score real sequences above generated ones with a gradient penalty on interpolated embeddings, WGAN-GP
+(Gulrajani et al. 2017), and its unbounded score is the reward instead of P(real)).
 
 On several ranks (launched by torchrun; see distributed.py) the same schedule runs on every rank in lockstep:
 each MLE batch is split across ranks, each rank draws and trains the discriminator on its share of the
@@ -46,6 +52,9 @@ PHASES = ("mle", "d_pretrain", "adversarial")
 SAMPLES_KEPT = 32  # sequences written to samples/ at each evaluation
 REWARDS = ("discriminator", "bleu")
 BASELINES = ("none", "mean")
+REWARD_NORMS = ("none", "std")
+CRITICS = ("classifier", "wasserstein")
+CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS}
 
 
 @dataclass
@@ -83,6 +92,9 @@ class TrainConfig:
     reward: str = "discriminator"  # "bleu": PG-BLEU, the rollouts scored by BLEU against the training data
     bleu_n: int = 4
     baseline: str = "none"  # "mean": subtract the batch-mean reward at each step (variance reduction)
+    reward_norm: str = "none"  # "std": standardise the rewards at each step over the batch (mean 0, sd 1)
+    critic: str = "classifier"  # "wasserstein": D is a WGAN-GP critic and its score is the reward
+    gp_weight: float = 10.0  # the critic's gradient-penalty weight (WGAN-GP's lambda)
     # bookkeeping
     eval_every: int = 5
     eval_samples: int = 10000
@@ -128,8 +140,11 @@ class TrainConfig:
              f"d_filter_sizes: every width must be within 1..seq_len={self.seq_len} (got {self.d_filter_sizes})")
         need(all(n >= 1 for n in self.d_num_filters),
              f"d_num_filters: every count must be at least 1 (got {self.d_num_filters})")
-        need(self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)} (got {self.reward!r})")
-        need(self.baseline in BASELINES, f"baseline must be one of {', '.join(BASELINES)} (got {self.baseline!r})")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            need(value in allowed, f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+        need(math.isfinite(self.gp_weight) and self.gp_weight >= 0,
+             f"gp_weight must not be negative (got {self.gp_weight})")
         need(self.checkpoint_seconds >= 0, "checkpoint_seconds must not be negative")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
@@ -185,6 +200,27 @@ def discriminator_loss(D: Discriminator, tokens: torch.Tensor, labels: torch.Ten
     return D.loss(logits, labels), logits
 
 
+def critic_loss(D: Discriminator, tokens: torch.Tensor, labels: torch.Tensor, gp_weight: float):
+    """The Wasserstein critic's loss on a batch of real (label 1) and generated (label 0) sequences, and its
+    logits: mean score(generated) - mean score(real) + gp_weight * (|grad score| - 1)^2 at random interpolations
+    of paired real and generated embeddings (WGAN-GP), plus the original's L2 term on the output layer."""
+    logits = D(tokens)
+    score = Discriminator.reward_of(logits, critic=True)
+    real, fake = labels == 1, labels == 0
+    loss = ((score * fake).sum() / fake.sum().clamp(min=1) - (score * real).sum() / real.sum().clamp(min=1)
+            + D.l2_reg * D.l2_penalty())
+    pairs = int(min(real.sum(), fake.sum()))
+    if gp_weight > 0 and pairs > 0:
+        with torch.no_grad():
+            ends = D.embedding(tokens[real][:pairs]), D.embedding(tokens[fake][:pairs])
+        alpha = torch.rand(pairs, 1, 1, device=tokens.device)
+        mixed = (alpha * ends[0] + (1 - alpha) * ends[1]).requires_grad_(True)
+        mixed_score = Discriminator.reward_of(D.classify(D.embedded_features(mixed)), critic=True)
+        [grad] = torch.autograd.grad(mixed_score.sum(), mixed, create_graph=True)
+        loss = loss + gp_weight * (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+    return loss, logits
+
+
 class Trainer:
     """Runs the schedule of a ``TrainConfig`` on ``train_data`` ([N, seq_len] token ids).
 
@@ -234,7 +270,7 @@ class Trainer:
             "pg": torch.optim.Adam(self.generator.parameters(), lr=c.pg_lr),
             "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.d_lr),
         }
-        self.reward_fn = reward_fn or discriminator_reward(self.discriminator)
+        self.reward_fn = reward_fn or discriminator_reward(self.discriminator, critic=c.critic == "wasserstein")
         # Losses that get a gradient are computed through these (under DDP on several ranks, see distributed.py).
         self.g_objective = dist.wrap(Objective(self.generator))
         self.d_objective = dist.wrap(Objective(self.discriminator))
@@ -346,7 +382,10 @@ class Trainer:
         losses, correct, seen = [], 0, 0
         for _ in range(c.d_epochs):
             for idx in self._batches(len(tokens), dist.per_rank(c.d_batch_size)):
-                loss, logits = self.d_objective(discriminator_loss, tokens[idx], labels[idx])
+                if c.critic == "wasserstein":
+                    loss, logits = self.d_objective(critic_loss, tokens[idx], labels[idx], c.gp_weight)
+                else:
+                    loss, logits = self.d_objective(discriminator_loss, tokens[idx], labels[idx])
                 self._step(self.optimizers["d"], loss)  # the original trains D with plain Adam, no clipping
                 losses.append(loss.item())
                 correct += int((logits.argmax(1) == labels[idx]).sum())
@@ -358,18 +397,31 @@ class Trainer:
         c, G, dist = self.config, self.generator, self.dist
         samples = G.sample(dist.shard_size(c.batch_size), c.seq_len)  # each rank rolls out its part of the batch
         rewards = rollout_rewards(G, samples, c.rollouts, self.reward_fn)
-        if c.baseline == "mean":  # the mean reward at each step over the whole (global) batch
-            mean = (rewards.mean(dim=0, keepdim=True) if not dist.distributed
-                    else dist.sum_tensor(rewards.sum(dim=0, keepdim=True)) / c.batch_size)
-            rewards = rewards - mean
+        raw_mean = rewards.mean().item()
+        if c.baseline == "mean" or c.reward_norm == "std":  # statistics at each step over the whole (global) batch
+            rewards = self._standardize(rewards, divide=c.reward_norm == "std")
         G.train()
         # -sum over batch and time of log G(y_t | Y_1:t-1) * Q_t: a sum over the global batch, so the gradient DDP
         # averages over ranks is multiplied by the number of ranks.
         loss = self.g_objective(Generator.weighted_nll, samples, rewards)
         self._step(self.optimizers["pg"], loss, G.parameters(), dist.world_size)
         share = len(samples) / c.batch_size
-        g_loss, reward_mean = dist.sum(loss.item(), rewards.mean().item() * share)
+        g_loss, reward_mean = dist.sum(loss.item(), raw_mean * share)
         return {"g_loss": g_loss, "reward_mean": reward_mean}
+
+    def _standardize(self, rewards: torch.Tensor, divide: bool) -> torch.Tensor:
+        """Rewards [B, T] minus their mean at each step over the global batch; ``divide``: also divided by the
+        standard deviation at each step (reward normalisation)."""
+        c, dist = self.config, self.dist
+        sums = torch.stack([rewards.sum(dim=0), rewards.pow(2).sum(dim=0)])
+        if dist.distributed:
+            sums = dist.sum_tensor(sums)
+        mean = sums[0] / c.batch_size
+        centred = rewards - mean
+        if not divide:
+            return centred
+        var = (sums[1] / c.batch_size - mean.pow(2)).clamp(min=0)
+        return centred / (var.sqrt() + 1e-8)
 
     def adversarial_iteration(self) -> dict:
         c = self.config

@@ -1,0 +1,301 @@
+"""Beyond the paper, measured on the synthetic-oracle task: training stability and long sequences.
+
+stability   Per seed: one MLE generator, one pre-trained discriminator, then the adversarial phase once per
+            variant, every variant starting from the same state (G, D, optimizers, RNG), so the comparison is
+            paired:
+              plain        the paper's algorithm (reward = the classifier's P(real), no baseline)
+              baseline     the batch-mean reward at each step subtracted
+              norm         the rewards standardised at each step over the batch (mean 0, sd 1)
+              wasserstein  a WGAN-GP critic instead of the classifier (its own discriminator pre-training from
+                           the same MLE generator), its score as the reward, with the mean baseline (a critic's
+                           scores have no fixed zero, so without a baseline every reward could be negative)
+lengths     MLE and SeqGAN (plain) at several sequence lengths of the same oracle (an LSTM oracle generates
+            any length); the MLE - SeqGAN gap in NLL-oracle at each length, and the share of MLE's excess over
+            the oracle's own NLL that SeqGAN removes.
+
+Every run is an ordinary run directory and a study is resumable: finished runs are kept, an unfinished one
+continues from its latest checkpoint. Layout: ``<out>/L<length>/seed<s>/{mle, dpre-classifier, dpre-wasserstein,
+<variant>}``. Evaluations of the adversarial runs carry diversity as well as quality (``oracle_evaluator``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from .checkpoint import load_bundle
+from .experiments import QUARTER_D, oracle_task
+from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, nll_under, oracle_evaluator
+from .runs import RunDir
+from .train import TrainConfig, Trainer, resolve_device
+
+VARIANTS = {
+    "plain": {},
+    "baseline": {"baseline": "mean"},
+    "norm": {"reward_norm": "std"},
+    "wasserstein": {"critic": "wasserstein", "baseline": "mean"},
+}
+# What the cpu presets reduce, relative to the paper's schedule (TrainConfig defaults, as the ``paper`` presets).
+_CPU = dict(num_train=5_000, mle_epochs=30, d_pretrain_rounds=10, num_negatives=2_000, d_steps=1,
+            eval_samples=1_000, eval_every=3, **QUARTER_D)
+PRESETS = {
+    "stability": {"paper": dict(num_train=10_000), "cpu": dict(_CPU, adv_iters=30, rollouts=16)},
+    "lengths": {"paper": dict(num_train=10_000), "cpu": dict(_CPU, adv_iters=20, rollouts=8)},
+}
+METRICS = ("nll_oracle", "nll_test", "self_bleu4", "distinct2")
+PER_ITERATION = ("d_acc", "reward_mean")
+
+
+def study_config(study: str, preset: str, seed: int, seq_len: int, device: str = "auto",
+                 **overrides) -> tuple[TrainConfig, int]:
+    settings = {**PRESETS[study][preset], **overrides}
+    num_train = settings.pop("num_train")
+    filters = [(w, n) for w, n in zip(settings.pop("d_filter_sizes", []), settings.pop("d_num_filters", []))
+               if w <= seq_len]
+    if filters:
+        settings["d_filter_sizes"], settings["d_num_filters"] = map(list, zip(*filters))
+    config = TrainConfig(vocab_size=PAPER_VOCAB, seq_len=seq_len, seed=seed, device=device, **settings)
+    return config.validate(), num_train
+
+
+def _finished(run: RunDir) -> bool:
+    return run.status.exists() and run.read_json(run.status).get("state") == "finished"
+
+
+def _train(config: TrainConfig, data, run: RunDir, evaluator, start: RunDir | None, log, label: str) -> None:
+    """Run ``config`` into ``run``: skip if finished, resume if begun, else continue from ``start``'s last state."""
+    if _finished(run):
+        return
+    trainer = Trainer(config, data, run, evaluator, kind="oracle", extra={"oracle": "../oracle.pt"})
+    if run.checkpoint("latest").exists():
+        trainer.restore(load_bundle(run.checkpoint("latest")))
+    elif start is not None:
+        trainer.restore(load_bundle(start.checkpoint("latest")))  # everything: the branch continues exactly
+    log(f"{label}: units {trainer.unit}..{len(trainer.schedule)}")
+    trainer.run()
+
+
+def run_seed(study: str, preset: str, seed: int, seq_len: int, variants: list[str], out_dir: Path,
+             oracle_params: str | None = None, device: str = "auto", log=print, **overrides) -> Path:
+    """Train MLE, the discriminator(s) and every variant for one seed and length into ``out_dir/L<len>/seed<s>``."""
+    config, num_train = study_config(study, preset, seed, seq_len, device, **overrides)
+    seed_dir = Path(out_dir) / f"L{seq_len}" / f"seed{seed}"
+    oracle, train, heldout = oracle_task(seed_dir, seed, num_train, seq_len, oracle_params)
+    on = resolve_device(config.device)
+    evaluator = oracle_evaluator(oracle.to(on), config.eval_samples, seq_len, heldout.to(on))
+    meta = {"study": study, "preset": preset, "seed": seed, "seq_len": seq_len, "config": config.to_dict(),
+            "oracle_self_nll": nll_under(oracle, heldout)}
+    (seed_dir / "seed.json").write_text(json.dumps(meta, indent=1))
+
+    label = f"[L{seq_len} seed {seed}]"
+    mle = RunDir(seed_dir / "mle")
+    _train(replace(config, d_pretrain_rounds=0, adv_iters=0), train, mle, evaluator, None, log, f"{label} mle")
+    for variant in variants:
+        settings = VARIANTS[variant]
+        critic = settings.get("critic", "classifier")
+        pretrained = RunDir(seed_dir / f"dpre-{critic}")
+        _train(replace(config, critic=critic, adv_iters=0), train, pretrained, evaluator, mle, log,
+               f"{label} discriminator ({critic})")
+        _train(replace(config, **settings), train, RunDir(seed_dir / variant), evaluator, pretrained, log,
+               f"{label} {variant}")
+    return seed_dir
+
+
+# ----- reading the runs back -----------------------------------------------------------------------------------
+def adversarial_curves(seed_dir: Path, variant: str) -> dict:
+    """{metric: [(adversarial iteration, value)]}; iteration 0 is the MLE generator's last evaluation."""
+    mle_events = [e for e in RunDir(seed_dir / "mle").events() if "nll_oracle" in e]
+    curves = {m: [(0, mle_events[-1][m])] for m in METRICS if m in mle_events[-1]}
+    for e in RunDir(seed_dir / variant).events():
+        if e.get("phase") != "adversarial":
+            continue
+        for m in METRICS + PER_ITERATION:
+            if m in e:
+                curves.setdefault(m, []).append((e["step"], e[m]))
+    return curves
+
+
+def _mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def _band(series: list[list[tuple[int, float]]]):
+    """Steps, means and sds over seeds of curves evaluated at the same steps (cut to the shortest)."""
+    length = min(len(s) for s in series)
+    steps = [p[0] for p in series[0][:length]]
+    columns = [[s[i][1] for s in series] for i in range(length)]
+    return steps, [statistics.fmean(c) for c in columns], [statistics.stdev(c) if len(c) > 1 else 0.0
+                                                           for c in columns]
+
+
+def stability_summary(out_dir: Path, seeds: list[int], variants: list[str], seq_len: int = PAPER_SEQ_LEN) -> dict:
+    """Per variant: final, best and rise (final - best) of NLL-oracle, final NLL-test and diversity, and the
+    curves of every seed."""
+    summary = {}
+    for variant in variants:
+        curves = [adversarial_curves(Path(out_dir) / f"L{seq_len}" / f"seed{s}", variant) for s in seeds]
+        oracle = [[v for _, v in c["nll_oracle"]] for c in curves]
+        row = {"nll_oracle": _mean_sd([o[-1] for o in oracle]),
+               "best": _mean_sd([min(o) for o in oracle]),
+               "rise": _mean_sd([o[-1] - min(o) for o in oracle]),
+               "gain": _mean_sd([o[0] - o[-1] for o in oracle])}
+        for m in ("nll_test", "self_bleu4", "distinct2"):
+            if all(m in c for c in curves):
+                row[m] = _mean_sd([c[m][-1][1] for c in curves])
+        summary[variant] = {"final": row, "curves": curves}
+    return summary
+
+
+def lengths_summary(out_dir: Path, seeds: list[int], lengths: list[int]) -> dict:
+    """Per length: MLE's and SeqGAN's final NLL-oracle, the gap, and the share of MLE's excess removed."""
+    summary = {}
+    for length in lengths:
+        rows = []
+        for seed in seeds:
+            seed_dir = Path(out_dir) / f"L{length}" / f"seed{seed}"
+            meta = json.loads((seed_dir / "seed.json").read_text())
+            curves = adversarial_curves(seed_dir, "plain")
+            mle, seqgan = curves["nll_oracle"][0][1], curves["nll_oracle"][-1][1]
+            floor = meta["oracle_self_nll"]
+            rows.append({"mle": mle, "seqgan": seqgan, "gap": mle - seqgan, "oracle": floor,
+                         "share": (mle - seqgan) / (mle - floor) if mle > floor else float("nan"),
+                         "nll_test_mle": curves["nll_test"][0][1], "nll_test_seqgan": curves["nll_test"][-1][1],
+                         "curves": curves})
+        summary[length] = {key: _mean_sd([r[key] for r in rows])
+                           for key in ("mle", "seqgan", "gap", "oracle", "share", "nll_test_mle", "nll_test_seqgan")}
+        summary[length]["curves"] = [r["curves"] for r in rows]
+    return summary
+
+
+def _pm(cell: dict, digits: int = 3) -> str:
+    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
+
+
+def stability_markdown(summary: dict, preset: str, seeds: list[int]) -> str:
+    lines = [f"Preset `{preset}`, seeds {', '.join(map(str, seeds))}: mean ± sd over seeds, at the end of the "
+             "adversarial phase. gain: MLE − final NLL-oracle (higher is better); rise: final − best NLL-oracle "
+             "during the phase (0 = never got worse).", "",
+             "| Variant | NLL-oracle | gain over MLE | rise from best | NLL-test | Self-BLEU-4 | distinct-2 |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, entry in summary.items():
+        f = entry["final"]
+        cells = [_pm(f["nll_oracle"]), _pm(f["gain"]), _pm(f["rise"])]
+        cells += [_pm(f[m]) if m in f else "–" for m in ("nll_test", "self_bleu4", "distinct2")]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def lengths_markdown(summary: dict, preset: str, seeds: list[int]) -> str:
+    lines = [f"Preset `{preset}`, seeds {', '.join(map(str, seeds))}: mean ± sd over seeds. NLL-oracle per token; "
+             "oracle: the oracle's NLL of its own held-out samples (the floor); share: gap / (MLE − oracle).", "",
+             "| Length | MLE | SeqGAN | gap MLE − SeqGAN | share of MLE's excess removed | oracle | "
+             "NLL-test MLE → SeqGAN |", "|---|---|---|---|---|---|---|"]
+    for length, row in summary.items():
+        lines.append(f"| {length} | {_pm(row['mle'])} | {_pm(row['seqgan'])} | {_pm(row['gap'])} | "
+                     f"{_pm(row['share'], 2)} | {row['oracle']['mean']:.3f} | "
+                     f"{row['nll_test_mle']['mean']:.3f} → {row['nll_test_seqgan']['mean']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_bands(ax, series_by_label: dict, metric: str) -> None:
+    for label, series in series_by_label.items():
+        series = [s[metric] for s in series if metric in s]
+        if not series:
+            continue
+        steps, means, sds = _band(series)
+        ax.plot(steps, means, label=label, marker="." if len(steps) < 40 else None)
+        ax.fill_between(steps, [m - s for m, s in zip(means, sds)], [m + s for m, s in zip(means, sds)], alpha=0.2)
+
+
+def plot_stability(summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("nll_oracle", "NLL-oracle (quality, lower is better)"),
+              ("nll_test", "NLL-test (coverage, lower is better)"),
+              ("self_bleu4", "Self-BLEU-4 (lower = more diverse)"), ("d_acc", "discriminator accuracy")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    by_label = {variant: entry["curves"] for variant, entry in summary.items()}
+    for ax, (metric, label) in zip(axes.flat, panels):
+        _plot_bands(ax, by_label, metric)
+        ax.set_xlabel("adversarial iteration (0 = the MLE generator)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lengths(summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    lengths = list(summary)
+    axes[0].errorbar(lengths, [summary[n]["gap"]["mean"] for n in lengths],
+                     yerr=[summary[n]["gap"]["sd"] for n in lengths], marker="o", capsize=4)
+    axes[0].axhline(0, color="grey", linewidth=1)
+    axes[0].set_xticks(lengths)
+    axes[0].set_xlabel("sequence length")
+    axes[0].set_ylabel("NLL-oracle gap, MLE − SeqGAN (higher = SeqGAN better)")
+    _plot_bands(axes[1], {f"length {n}": summary[n]["curves"] for n in lengths}, "nll_oracle")
+    axes[1].set_xlabel("adversarial iteration (0 = the MLE generator)")
+    axes[1].set_ylabel("NLL-oracle per token")
+    axes[1].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _strip_curves(summary: dict) -> dict:
+    return {k: {kk: vv for kk, vv in v.items() if kk != "curves"} for k, v in summary.items()}
+
+
+def write_stability_report(out_dir: str | Path, preset: str, seeds: list[int], variants: list[str]) -> dict:
+    out_dir = Path(out_dir)
+    summary = stability_summary(out_dir, seeds, variants)
+    (out_dir / "stability.md").write_text(stability_markdown(summary, preset, seeds))
+    (out_dir / "stability.json").write_text(json.dumps({"preset": preset, "seeds": seeds,
+                                                        "summary": _strip_curves(summary)}, indent=1))
+    plot_stability(summary, out_dir / "stability.png",
+                   f"Adversarial training variants, oracle task, preset {preset}, mean ± sd of {len(seeds)} seed(s)")
+    return summary
+
+
+def write_lengths_report(out_dir: str | Path, preset: str, seeds: list[int], lengths: list[int]) -> dict:
+    out_dir = Path(out_dir)
+    summary = lengths_summary(out_dir, seeds, lengths)
+    (out_dir / "lengths.md").write_text(lengths_markdown(summary, preset, seeds))
+    (out_dir / "lengths.json").write_text(json.dumps({"preset": preset, "seeds": seeds,
+                                                      "summary": _strip_curves(summary)}, indent=1))
+    plot_lengths(summary, out_dir / "lengths.png",
+                 f"SeqGAN against MLE by sequence length, preset {preset}, {len(seeds)} seed(s)")
+    return summary
+
+
+def run_stability(preset: str, seeds: list[int], out_dir: str | Path, variants: list[str] | None = None,
+                  oracle_params: str | None = None, device: str = "auto", log=print, **overrides) -> dict:
+    variants = list(variants or VARIANTS)
+    for seed in seeds:
+        run_seed("stability", preset, seed, PAPER_SEQ_LEN, variants, Path(out_dir), oracle_params, device, log,
+                 **overrides)
+    return write_stability_report(out_dir, preset, seeds, variants)
+
+
+def run_lengths(preset: str, seeds: list[int], out_dir: str | Path, lengths: list[int] = (20, 40, 80),
+                oracle_params: str | None = None, device: str = "auto", log=print, **overrides) -> dict:
+    for length in lengths:
+        for seed in seeds:
+            run_seed("lengths", preset, seed, length, ["plain"], Path(out_dir), oracle_params, device, log,
+                     **overrides)
+    return write_lengths_report(out_dir, preset, seeds, list(lengths))
