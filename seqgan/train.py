@@ -412,16 +412,14 @@ class Trainer:
     def _standardize(self, rewards: torch.Tensor, divide: bool) -> torch.Tensor:
         """Rewards [B, T] minus their mean at each step over the global batch; ``divide``: also divided by the
         standard deviation at each step (reward normalisation)."""
-        c, dist = self.config, self.dist
-        sums = torch.stack([rewards.sum(dim=0), rewards.pow(2).sum(dim=0)])
-        if dist.distributed:
-            sums = dist.sum_tensor(sums)
-        mean = sums[0] / c.batch_size
-        centred = rewards - mean
+        def global_sum(x):
+            return self.dist.sum_tensor(x) if self.dist.distributed else x
+
+        centred = rewards - global_sum(rewards.sum(dim=0)) / self.config.batch_size
         if not divide:
             return centred
-        var = (sums[1] / c.batch_size - mean.pow(2)).clamp(min=0)
-        return centred / (var.sqrt() + 1e-8)
+        sd = (global_sum(centred.pow(2).sum(dim=0)) / self.config.batch_size).sqrt()
+        return centred / torch.where(sd > 1e-6, sd, 1.0)  # a step without spread (all equal) stays at 0
 
     def adversarial_iteration(self) -> dict:
         c = self.config

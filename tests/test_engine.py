@@ -426,6 +426,9 @@ def test_resume_from_an_earlier_checkpoint_drops_later_events_and_repeats_them_e
     (dict(d_filter_sizes=[2, 3], d_num_filters=[4, 0]), "d_num_filters"),
     (dict(reward="foo"), "reward"),
     (dict(baseline="max"), "baseline"),
+    (dict(reward_norm="minmax"), "reward_norm"),
+    (dict(critic="hinge"), "critic"),
+    (dict(gp_weight=-1.0), "gp_weight"),
     (dict(d_dropout_keep=0.0), "d_dropout_keep"),
     (dict(mle_lr=float("nan")), "mle_lr"),
     (dict(pg_lr=float("inf")), "pg_lr"),
@@ -530,3 +533,116 @@ def test_fused_weighted_nll_matches_autograd_loss_and_gradients():
             assert torch.allclose(g, e, rtol=1e-4, atol=1e-6)
     assert torch.allclose(G.nll(tokens), torch.nn.functional.cross_entropy(G(tokens).reshape(-1, 37),
                                                                            tokens.reshape(-1)), atol=1e-6)
+
+
+# ----- 8. options beyond the paper: reward baseline and normalisation, the Wasserstein critic -------------------
+def test_reward_baseline_and_normalisation_work_at_each_step_over_the_batch():
+    trainer = Trainer(tiny_config(batch_size=8), tiny_task(tiny_config())[0])
+    rewards = torch.rand(8, 6, generator=seeded(3)) * torch.arange(1.0, 7.0)  # a different spread at each step
+    centred = trainer._standardize(rewards, divide=False)
+    torch.testing.assert_close(centred, rewards - rewards.mean(dim=0))
+    normalised = trainer._standardize(rewards, divide=True)
+    torch.testing.assert_close(normalised.mean(dim=0), torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(normalised.std(dim=0, unbiased=False), torch.ones(6), atol=1e-5, rtol=0)
+    same = trainer._standardize(torch.full((8, 6), 0.3), divide=True)  # no spread: zeros, not NaN
+    assert same.abs().max() < 1e-6
+
+
+def tiny_discriminator(seed: int = 21, vocab: int = 9, T: int = 6) -> Discriminator:
+    torch.manual_seed(seed)
+    return Discriminator(vocab, T, emb_dim=8, filter_sizes=(1, 2, 3), num_filters=(4, 4, 4), dropout_keep=1.0)
+
+
+def test_critic_loss_is_the_score_gap_plus_the_gradient_penalty():
+    from seqgan.train import critic_loss
+
+    D = tiny_discriminator()
+    tokens = torch.randint(0, 9, (10, 6), generator=seeded(4))
+    labels = torch.tensor([1, 0, 1, 1, 0, 0, 0, 1, 0, 0])  # 4 real, 6 generated: 4 pairs for the penalty
+    score = D(tokens)[:, 1] - D(tokens)[:, 0]
+    gap = score[labels == 0].mean() - score[labels == 1].mean() + D.l2_reg * D.l2_penalty()
+    loss, logits = critic_loss(D, tokens, labels, gp_weight=0.0)
+    torch.testing.assert_close(loss, gap)
+    torch.testing.assert_close(logits, D(tokens))
+
+    torch.manual_seed(7)
+    with_penalty, _ = critic_loss(D, tokens, labels, gp_weight=10.0)
+    torch.manual_seed(7)  # the same interpolation weights, computed here by hand
+    alpha = torch.rand(4, 1, 1)
+    real, fake = D.embedding(tokens[labels == 1]), D.embedding(tokens[labels == 0][:4])
+    mixed = (alpha * real + (1 - alpha) * fake).detach().requires_grad_(True)
+    logits_mixed = D.output(D.highway(D.embedded_features(mixed)))
+    [grad] = torch.autograd.grad((logits_mixed[:, 1] - logits_mixed[:, 0]).sum(), mixed)
+    penalty = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    torch.testing.assert_close(with_penalty, gap + 10.0 * penalty)
+    with_penalty.backward()  # the penalty is differentiable in D's weights (a second-order gradient)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in D.convs.parameters())
+
+
+def test_the_critic_learns_to_score_real_sequences_above_generated_ones():
+    from seqgan.train import critic_loss
+
+    D = tiny_discriminator()
+    real = torch.randint(0, 3, (64, 6), generator=seeded(5))      # real data uses tokens 0-2 only
+    fake = torch.randint(3, 9, (64, 6), generator=seeded(6))      # the "generator" uses 3-8
+    tokens, labels = torch.cat([real, fake]), torch.cat([torch.ones(64), torch.zeros(64)]).long()
+    optimizer = torch.optim.Adam(D.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss, _ = critic_loss(D, tokens, labels, gp_weight=10.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    reward = discriminator_reward(D, critic=True)
+    assert reward(real).min() > reward(fake).max()
+    assert reward(real).mean() - reward(fake).mean() > 1.0  # an unbounded score, not a probability
+    assert (reward(fake) < 0).all() or (reward(real) > 1).all()
+
+
+def test_critic_rewards_of_completions_share_prefix_windows_exactly():
+    vocab, B, T, N = 9, 4, 6, 3
+    G = peaky_generator(vocab, seed=12)
+    D = tiny_discriminator()
+    sequences = G.sample(B, T, generator=seeded(14))
+    completions = batched_rollout(G, sequences, N, generator_rng=seeded(15))
+    with torch.no_grad():
+        logits = D(completions.reshape(-1, T))
+        expected = (logits[:, 1] - logits[:, 0]).view(T - 1, N, B)
+    shared = discriminator_reward(D, critic=True).score_completions(completions, sequences)
+    torch.testing.assert_close(shared, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("option", [dict(baseline="mean"), dict(reward_norm="std"),
+                                    dict(critic="wasserstein", baseline="mean")])
+def test_tiny_runs_with_each_stability_option(tmp_path, option):
+    config = tiny_config(**option)
+    train, _, evaluate = tiny_task(config)
+    plain = Trainer(tiny_config(), train, tmp_path / "plain")
+    plain.run()
+    trainer = Trainer(config, train, tmp_path / "run", evaluate)
+    assert trainer.run() == "finished"
+    events = RunDir(tmp_path / "run").events()
+    for e in events:
+        assert all(math.isfinite(v) for v in e.values() if isinstance(v, float)), e
+    adversarial = [e for e in events if e["phase"] == "adversarial"]
+    assert len(adversarial) == config.adv_iters and all(0 <= e["d_acc"] <= 1 for e in adversarial)
+    assert {"self_bleu4", "distinct2", "nll_oracle", "nll_test"} <= adversarial[-1].keys()  # quality and diversity
+    # MLE is the same as the plain run's; the option changes only what follows
+    assert state_equal(load_bundle(RunDir(tmp_path / "run").checkpoint("mle"))["generator"],
+                       load_bundle(RunDir(tmp_path / "plain").checkpoint("mle"))["generator"])
+    assert not state_equal(trainer.generator.state_dict(), plain.generator.state_dict())
+
+
+def test_stop_and_resume_with_the_critic_is_exactly_an_uninterrupted_run(tmp_path):
+    config = tiny_config(critic="wasserstein", reward_norm="std", mle_epochs=2, d_pretrain_rounds=2, adv_iters=3)
+    train, _, evaluate = tiny_task(config)
+    reference = Trainer(config, train, tmp_path / "reference", evaluate)
+    reference.run()
+    stop = config.units().index(("adversarial", 0))
+    first = Trainer(config, train, tmp_path / "run", evaluate,
+                    lambda e: e["unit"] == stop and first.request_stop())
+    assert first.run() == "stopped"
+    second = Trainer(config, train, tmp_path / "run", evaluate)
+    second.restore(load_bundle(RunDir(tmp_path / "run").checkpoint("latest")))
+    assert second.run() == "finished"
+    assert state_equal(second.generator.state_dict(), reference.generator.state_dict())
+    assert state_equal(second.discriminator.state_dict(), reference.discriminator.state_dict())
