@@ -68,15 +68,24 @@ if not runs:
     st.stop()
 
 st.subheader("Runs")
-table = []
-for info in runs:
-    progress = studio.run_progress(info)
-    table.append({"run": info.id, "corpus": info.corpus, "preset": info.meta.get("preset", ""),
-                  "state": info.state.state, "progress": progress.fraction,
-                  "started": pd.Timestamp(info.created, unit="s", tz="UTC").tz_convert(None) if info.created else None})
-st.dataframe(pd.DataFrame(table), hide_index=True, column_config={
-    "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-    "started": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss")})
+
+
+@st.fragment(run_every=5 if any(info.state.active for info in runs) else None)
+def runs_table() -> None:
+    """Every run's state and progress, refreshed while any of them is active."""
+    table = []
+    for info in studio.list_runs(include_demos=False):
+        progress = studio.run_progress(info)
+        table.append({"run": info.id, "corpus": info.corpus, "preset": info.meta.get("preset", ""),
+                      "state": info.state.state, "progress": progress.fraction,
+                      "started": (pd.Timestamp(info.created, unit="s", tz="UTC").tz_convert(None)
+                                  if info.created else None)})
+    st.dataframe(pd.DataFrame(table), hide_index=True, column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+        "started": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm:ss")})
+
+
+runs_table()
 
 ids = [info.id for info in runs]
 wanted = st.query_params.get("run") or st.session_state.get("train_run")
@@ -143,13 +152,14 @@ def monitor(run_id: str, was_active: bool) -> None:
     numbers = st.container(horizontal=True)
     for label, value in studio.latest_metrics(frames):
         numbers.metric(label, value, width="content", border=True)
-    charts = list(frames.items())
-    for row in range(0, len(charts), 2):
-        cols = st.columns(2)
-        for col, (title, frame) in zip(cols, charts[row:row + 2]):
-            with col:
-                st.markdown(f"**{title}**")
-                ui.line_chart(frame)
+    for section, charts in studio.chart_sections(frames):
+        st.subheader(section, divider="gray")
+        for row in range(0, len(charts), 2):
+            cols = st.columns(2)
+            for col, (title, frame) in zip(cols, charts[row:row + 2]):
+                with col:
+                    st.markdown(f"**{title}**")
+                    ui.line_chart(frame)
     with st.expander("Output of the job"):
         st.code("\n".join(info.run.tail(info.run.output, 30)) or "(nothing yet)", language=None)
 

@@ -35,7 +35,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None)
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            group.add_argument(flag, dest=f.name, type=kind, default=None, choices=CHOICES.get(f.name))
+            choices = CHOICES.get(f.name)  # checked by TrainConfig.validate, whose message names the option
+            group.add_argument(flag, dest=f.name, type=kind, default=None,
+                               help=f"one of: {', '.join(choices)}" if choices else None)
 
 
 def config_overrides(args) -> dict:
@@ -232,15 +234,24 @@ def cmd_oracle_nll(args) -> int:
     return 0
 
 
-def cmd_oracle_run(args) -> int:
-    from .experiments import run_oracle_experiment
-
+def experiment_settings(args, default_out: str) -> tuple[dict, str, Path]:
+    """Config overrides (the seeds come from --seeds), device and output folder of an experiment command."""
     overrides = config_overrides(args)
     overrides.pop("seed", None)
     device = overrides.pop("device", "auto")
-    out = Path(args.out or f"results/oracle-{args.preset}")
-    run_oracle_experiment(args.preset, args.seeds, out, args.oracle_params, device, args.models,
-                          log=lambda m: print(m, flush=True), **overrides)
+    return overrides, device, Path(args.out or default_out)
+
+
+def log_line(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_oracle_run(args) -> int:
+    from .experiments import run_oracle_experiment
+
+    overrides, device, out = experiment_settings(args, f"results/oracle-{args.preset}")
+    run_oracle_experiment(args.preset, args.seeds, out, args.oracle_params, device, args.models, log=log_line,
+                          **overrides)
     print((out / "table1.md").read_text())
     print(f"written: {out}/table1.md, {out}/table1.json, {out}/figure2.png")
     return 0
@@ -291,12 +302,8 @@ def cmd_experiment(args) -> int:
     source = args.corpus or TASKS[args.task]["corpus"]
     if not Path(source).exists():
         raise SeqGANError(f"{source}: the paper's corpus is not there; pass --corpus PATH")
-    overrides = config_overrides(args)
-    overrides.pop("seed", None)
-    device = overrides.pop("device", "auto")
-    out = Path(args.out or f"results/{args.task}-{args.preset}")
-    run_experiment(args.task, args.preset, args.seeds, out, source, device, log=lambda m: print(m, flush=True),
-                   **overrides)
+    overrides, device, out = experiment_settings(args, f"results/{args.task}-{args.preset}")
+    run_experiment(args.task, args.preset, args.seeds, out, source, device, log=log_line, **overrides)
     print((out / "table.md").read_text())
     print(f"written: {out}/table.md, {out}/table.json")
     return 0
@@ -305,16 +312,12 @@ def cmd_experiment(args) -> int:
 def cmd_study(args) -> int:
     from . import studies
 
-    overrides = config_overrides(args)
-    overrides.pop("seed", None)
-    device = overrides.pop("device", "auto")
-    out = Path(args.out or f"results/{args.study}-{args.preset}")
-    log = lambda m: print(m, flush=True)  # noqa: E731
+    overrides, device, out = experiment_settings(args, f"results/{args.study}-{args.preset}")
     if args.study == "stability":
-        studies.run_stability(args.preset, args.seeds, out, args.variants, args.oracle_params, device, log,
+        studies.run_stability(args.preset, args.seeds, out, args.variants, args.oracle_params, device, log_line,
                               **overrides)
     else:
-        studies.run_lengths(args.preset, args.seeds, out, args.lengths, args.oracle_params, device, log,
+        studies.run_lengths(args.preset, args.seeds, out, args.lengths, args.oracle_params, device, log_line,
                             **overrides)
     print((out / f"{args.study}.md").read_text())
     print(f"written: {out}/{args.study}.md, {out}/{args.study}.json, {out}/{args.study}.png")

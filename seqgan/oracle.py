@@ -137,13 +137,13 @@ def load_oracle(path: str | Path) -> Generator:
 
 
 @torch.no_grad()
-def nll_under(model: Generator, tokens: torch.Tensor, batch_size: int = 2048) -> float:
-    """Mean per-token negative log-likelihood of ``tokens`` [N, T] under ``model``."""
+def nll_under(model: Generator, tokens: torch.Tensor, batch_size: int = 2048, temperature: float = 1.0) -> float:
+    """Mean per-token negative log-likelihood of ``tokens`` [N, T] under ``model`` (sampled at ``temperature``)."""
     device = model.output.weight.device
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size].to(device)
-        logits = model(batch)
+        logits = model(batch) if temperature == 1.0 else model(batch) / temperature
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.reshape(-1), reduction="sum").item()
         count += batch.numel()
     return total / count

@@ -13,6 +13,11 @@ lengths     MLE and SeqGAN (plain) at several sequence lengths of the same oracl
             any length); the MLE - SeqGAN gap in NLL-oracle at each length, and the share of MLE's excess over
             the oracle's own NLL that SeqGAN removes.
 
+Is a gain bought by narrowing the generator? The stability report also samples each seed's MLE generator at
+temperatures below 1 (``TEMPERATURES``), which trades coverage for quality with no training at all, and places
+every variant on that quality-coverage plane (NLL-oracle against NLL-test): a variant on the MLE temperature
+curve gained nothing that sharpening MLE would not give.
+
 Every run is an ordinary run directory and a study is resumable: finished runs are kept, an unfinished one
 continues from its latest checkpoint. Layout: ``<out>/L<length>/seed<s>/{mle, dpre-classifier, dpre-wasserstein,
 <variant>}``. Evaluations of the adversarial runs carry diversity as well as quality (``oracle_evaluator``).
@@ -25,9 +30,13 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoint import load_bundle
+import torch
+
+from .checkpoint import generator_from_bundle, load_bundle
+from .corpus import read_token_file
 from .experiments import QUARTER_D, oracle_task
-from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, nll_under, oracle_evaluator
+from .metrics import self_bleu
+from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device
 
@@ -45,6 +54,7 @@ PRESETS = {
     "lengths": {"paper": dict(num_train=10_000), "cpu": dict(_CPU, adv_iters=20, rollouts=8)},
 }
 METRICS = ("nll_oracle", "nll_test", "self_bleu4", "distinct2")
+TEMPERATURES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 PER_ITERATION = ("d_acc", "reward_mean")
 
 
@@ -73,6 +83,8 @@ def _train(config: TrainConfig, data, run: RunDir, evaluator, start: RunDir | No
         trainer.restore(load_bundle(run.checkpoint("latest")))
     elif start is not None:
         trainer.restore(load_bundle(start.checkpoint("latest")))  # everything: the branch continues exactly
+    else:
+        run.truncate_events(-1)  # a start that died before its first checkpoint leaves no events behind
     log(f"{label}: units {trainer.unit}..{len(trainer.schedule)}")
     trainer.run()
 
@@ -131,6 +143,26 @@ def _band(series: list[list[tuple[int, float]]]):
                                                            for c in columns]
 
 
+@torch.no_grad()
+def temperature_curve(seed_dir: Path, temperatures=TEMPERATURES, num_samples: int | None = None) -> list[dict]:
+    """The seed's MLE generator sampled at each temperature: NLL-oracle of its samples, NLL-test of the held-out
+    set under the tempered model, Self-BLEU-4 of 500 samples (the evaluator's sizes and seed)."""
+    meta = json.loads((seed_dir / "seed.json").read_text())
+    config = meta["config"]
+    oracle = load_oracle(str(seed_dir / "oracle.pt"))
+    heldout = read_token_file(seed_dir / "heldout.txt", config["vocab_size"])
+    G = generator_from_bundle(load_bundle(RunDir(seed_dir / "mle").checkpoint("mle")))
+    points = []
+    for temperature in temperatures:
+        rng = torch.Generator().manual_seed(config["seed"])
+        samples = G.sample(num_samples or config["eval_samples"], config["seq_len"], temperature=temperature,
+                           generator=rng)
+        points.append({"temperature": temperature, "nll_oracle": nll_under(oracle, samples),
+                       "nll_test": nll_under(G, heldout, temperature=temperature),
+                       "self_bleu4": self_bleu(samples[:500].tolist(), 4)})
+    return points
+
+
 def stability_summary(out_dir: Path, seeds: list[int], variants: list[str], seq_len: int = PAPER_SEQ_LEN) -> dict:
     """Per variant: final, best and rise (final - best) of NLL-oracle, final NLL-test and diversity, and the
     curves of every seed."""
@@ -172,6 +204,51 @@ def lengths_summary(out_dir: Path, seeds: list[int], lengths: list[int]) -> dict
 
 def _pm(cell: dict, digits: int = 3) -> str:
     return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
+
+
+def temperature_summary(out_dir: Path, seeds: list[int], seq_len: int = PAPER_SEQ_LEN) -> list[dict]:
+    """``temperature_curve`` of every seed, as mean ± sd per temperature."""
+    curves = [temperature_curve(Path(out_dir) / f"L{seq_len}" / f"seed{s}") for s in seeds]
+    return [{"temperature": points[0]["temperature"],
+             **{m: _mean_sd([p[m] for p in points]) for m in ("nll_oracle", "nll_test", "self_bleu4")}}
+            for points in zip(*curves)]
+
+
+def temperature_markdown(rows: list[dict]) -> str:
+    lines = ["MLE generator sampled at lower temperatures (no training): quality and coverage traded against each "
+             "other by sharpening alone.", "",
+             "| MLE at temperature | NLL-oracle | NLL-test | Self-BLEU-4 |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['temperature']:g} | {_pm(row['nll_oracle'])} | {_pm(row['nll_test'])} | "
+                     f"{_pm(row['self_bleu4'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality_coverage(summary: dict, temperatures: list[dict], path: Path, title: str) -> None:
+    """NLL-oracle (quality) against NLL-test (coverage): the MLE temperature curve and each variant's end point."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    xs = [r["nll_oracle"]["mean"] for r in temperatures]
+    ys = [r["nll_test"]["mean"] for r in temperatures]
+    ax.plot(xs, ys, color="grey", marker="o", label="MLE at temperature τ")
+    for row, x, y in zip(temperatures, xs, ys):
+        ax.annotate(f"τ={row['temperature']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for variant, entry in summary.items():
+        f = entry["final"]
+        if "nll_test" in f:
+            ax.errorbar(f["nll_oracle"]["mean"], f["nll_test"]["mean"], xerr=f["nll_oracle"]["sd"],
+                        yerr=f["nll_test"]["sd"], marker="s", capsize=3, linestyle="none", label=variant)
+    ax.set_xlabel("NLL-oracle (quality; lower is better)")
+    ax.set_ylabel("NLL-test (coverage; lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def stability_markdown(summary: dict, preset: str, seeds: list[int]) -> str:
@@ -257,18 +334,19 @@ def plot_lengths(summary: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _strip_curves(summary: dict) -> dict:
-    return {k: {kk: vv for kk, vv in v.items() if kk != "curves"} for k, v in summary.items()}
-
-
 def write_stability_report(out_dir: str | Path, preset: str, seeds: list[int], variants: list[str]) -> dict:
     out_dir = Path(out_dir)
     summary = stability_summary(out_dir, seeds, variants)
-    (out_dir / "stability.md").write_text(stability_markdown(summary, preset, seeds))
-    (out_dir / "stability.json").write_text(json.dumps({"preset": preset, "seeds": seeds,
-                                                        "summary": _strip_curves(summary)}, indent=1))
-    plot_stability(summary, out_dir / "stability.png",
-                   f"Adversarial training variants, oracle task, preset {preset}, mean ± sd of {len(seeds)} seed(s)")
+    temperatures = temperature_summary(out_dir, seeds)
+    (out_dir / "stability.md").write_text(stability_markdown(summary, preset, seeds) + "\n"
+                                          + temperature_markdown(temperatures))
+    finals = {variant: entry["final"] for variant, entry in summary.items()}
+    (out_dir / "stability.json").write_text(json.dumps({"preset": preset, "seeds": seeds, "summary": finals,
+                                                        "mle_temperatures": temperatures}, indent=1))
+    what = f"oracle task, preset {preset}, mean ± sd of {len(seeds)} seed(s)"
+    plot_stability(summary, out_dir / "stability.png", f"Adversarial training variants, {what}")
+    plot_quality_coverage(summary, temperatures, out_dir / "quality-coverage.png",
+                          f"Quality against coverage, {what}")
     return summary
 
 
@@ -277,7 +355,8 @@ def write_lengths_report(out_dir: str | Path, preset: str, seeds: list[int], len
     summary = lengths_summary(out_dir, seeds, lengths)
     (out_dir / "lengths.md").write_text(lengths_markdown(summary, preset, seeds))
     (out_dir / "lengths.json").write_text(json.dumps({"preset": preset, "seeds": seeds,
-                                                      "summary": _strip_curves(summary)}, indent=1))
+                                                      "summary": {n: {k: v for k, v in row.items() if k != "curves"}
+                                                                  for n, row in summary.items()}}, indent=1))
     plot_lengths(summary, out_dir / "lengths.png",
                  f"SeqGAN against MLE by sequence length, preset {preset}, {len(seeds)} seed(s)")
     return summary

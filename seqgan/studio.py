@@ -539,16 +539,25 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-CHARTS = {
-    "Generator loss (MLE: NLL per token)": ["mle_loss"],
-    "Policy-gradient loss (adversarial)": ["pg_loss"],
-    "Discriminator loss": ["d_loss"],
-    "Discriminator accuracy": ["d_acc"],
-    "NLL (lower is better)": ["nll_test", "nll_oracle"],
-    "BLEU (quality; higher is better)": ["bleu2", "bleu3", "bleu4"],
-    "Diversity: Self-BLEU-4 (lower = more diverse) and distinct-2 (higher = more diverse)": ["self_bleu4",
-                                                                                            "distinct2"],
+# Two sections of charts in the run view: what training optimises, and what it buys. Quality sits beside diversity
+# and coverage so that a gain bought by narrowing the generator (mode collapse) shows at a glance.
+CHART_SECTIONS = {
+    "Training": {
+        "Generator loss (MLE: NLL per token)": ["mle_loss"],
+        "Policy-gradient loss (adversarial)": ["pg_loss"],
+        "Discriminator loss": ["d_loss"],
+        "Discriminator accuracy": ["d_acc"],
+    },
+    "Quality against diversity": {
+        "Quality: BLEU against held-out data (higher is better)": ["bleu2", "bleu3", "bleu4"],
+        "Quality: NLL-oracle of samples (lower is better)": ["nll_oracle"],
+        "Quality: melody MSE to the closest held-out window (lower is better)": ["mse"],
+        "Diversity: Self-BLEU-4 (lower = more diverse) and distinct-2 (higher = more diverse)": ["self_bleu4",
+                                                                                                "distinct2"],
+        "Coverage: NLL-test of held-out data (lower is better; rises when modes are dropped)": ["nll_test"],
+    },
 }
+CHARTS = {title: columns for section in CHART_SECTIONS.values() for title, columns in section.items()}
 
 
 LATEST = [("mle_loss", "MLE loss"), ("pg_loss", "PG loss"), ("d_loss", "D loss"), ("d_acc", "D accuracy"),
@@ -569,6 +578,13 @@ def latest_metrics(frames: dict) -> list[tuple[str, str]]:
 
 def format_metric(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def chart_sections(frames: dict) -> list[tuple[str, list[tuple[str, object]]]]:
+    """``metric_frames`` grouped as ``CHART_SECTIONS``, sections without a chart left out."""
+    sections = [(name, [(title, frames[title]) for title in charts if title in frames])
+                for name, charts in CHART_SECTIONS.items()]
+    return [(name, charts) for name, charts in sections if charts]
 
 
 def metric_frames(info: RunInfo) -> dict:
@@ -726,6 +742,7 @@ METRICS = [  # key, label, which way is better
     ("self_bleu4", "Self-BLEU-4", "lower = more diverse"),
     ("distinct2", "distinct-2", "higher = more diverse"),
     ("mse", "MSE (melody)", "lower is better"),
+    ("silent", "silent windows (melody)", "lower is better"),
 ]
 
 

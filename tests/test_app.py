@@ -212,7 +212,22 @@ def test_train_page_follows_a_smoke_run_to_the_end(runs_dir):
     for label in ("MLE loss", "PG loss", "D loss", "D accuracy", "NLL-test", "BLEU-4", "Self-BLEU-4", "distinct-2"):
         assert label in shown, label
     assert len(elements(at, "arrow_vega_lite_chart") or elements(at, "vega_lite_chart")) >= 6
+    assert [h.value for h in at.subheader][-2:] == ["Training", "Quality against diversity"]
     assert any(b.label == "Compare its models" for b in at.button)
+
+
+def test_the_stability_options_reach_the_job_command():
+    specs = {s.name: s for s in studio.option_specs("quick", "text")}
+    assert specs["critic"].choices == ["classifier", "wasserstein"] and specs["critic"].default == "classifier"
+    assert specs["reward_norm"].choices == ["none", "std"] and specs["baseline"].choices == ["none", "mean"]
+    assert {specs[n].group for n in ("baseline", "reward_norm", "critic", "gp_weight")} == {
+        "Beyond the paper (stability options, off by default)"}
+    choice = studio.corpus_choice("builtin:poems")
+    options = {name: spec.default for name, spec in specs.items()}
+    assert "--critic" not in studio.training_args(choice, options)  # defaults stay off the command
+    args = studio.training_args(choice, {**options, "critic": "wasserstein", "reward_norm": "std", "gp_weight": 5.0})
+    assert args[args.index("--critic") + 1] == "wasserstein" and args[args.index("--reward-norm") + 1] == "std"
+    assert args[args.index("--gp-weight") + 1] == "5.0"
 
 
 def test_train_page_shows_why_a_job_failed(runs_dir):
@@ -243,7 +258,8 @@ def test_compare_opens_on_the_demo_melodies_with_players_for_both_models(runs_di
     assert headers == ["**MLE — demo melodies**", "**SeqGAN — demo melodies**"]
     assert len(elements(at, "audio")) == 6 and len(at.get("download_button")) == 6 and len(elements(at, "image")) == 6
     table = at.dataframe[0].value
-    assert {"NLL-test", "BLEU-2", "BLEU-3", "BLEU-4", "Self-BLEU-4", "distinct-2", "MSE (melody)"} <= set(table.index)
+    assert {"NLL-test", "BLEU-2", "BLEU-3", "BLEU-4", "Self-BLEU-4", "distinct-2", "MSE (melody)",
+            "silent windows (melody)"} <= set(table.index)
     assert list(table.columns) == ["better", "MLE — demo melodies", "SeqGAN — demo melodies"]
     diversity = at.dataframe[1].value
     assert set(diversity.index) == {"Self-BLEU-4", "distinct-2"}
@@ -391,3 +407,28 @@ def test_a_run_started_in_a_terminal_is_seen_and_stopped_by_the_app(runs_dir, tm
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_one_job_per_gpu_on_a_machine_with_two(tmp_path, monkeypatch):
+    """The GPU slots, without a GPU: torch is told there are two; a busy slot is a live process whose command
+    line names its run directory, as a real job's does."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert jobs.device_slots() == ["cuda:0", "cuda:1"]
+    root = tmp_path / "runs"
+    assert jobs.free_device(root) == "cuda:0"
+    busy = RunDir(root / "busy").create()
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(busy.path)])
+    try:
+        busy.write_json(busy.job, {"pid": process.pid, "device": "cuda:0", "started": time.time()})
+        assert jobs.job_state(busy).active
+        assert jobs.free_device(root) == "cuda:1"
+        assert jobs.free_device(root, "cuda:1") == "cuda:1"
+        with pytest.raises(jobs.JobError, match="busy on cuda:0"):
+            jobs.free_device(root, "cuda")  # plain "cuda" means cuda:0
+        with pytest.raises(jobs.JobError, match="cuda:3 was asked for but this machine has cuda:0, cuda:1"):
+            jobs.free_device(root, "cuda:3")
+    finally:
+        process.kill()
+        process.wait()
+    assert jobs.free_device(root) == "cuda:0"  # the slot is free again once the job has gone

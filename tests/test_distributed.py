@@ -106,6 +106,17 @@ def test_an_adversarial_iteration_on_two_ranks_checkpoints_and_resumes_in_one_pr
     assert load_bundle(run.checkpoint("seqgan"))["position"]["unit"] == len(config.units())
 
 
+def test_the_critic_and_reward_normalisation_on_two_ranks(tmp_path):
+    """The critic's gradient penalty (a second-order gradient) and the global reward statistics under DDP."""
+    overrides = dict(mle_epochs=1, d_pretrain_rounds=1, adv_iters=2, critic="wasserstein", reward_norm="std")
+    ranks = launch(tmp_path, overrides)
+    assert [r["state"] for r in ranks] == ["finished", "finished"]
+    assert_same_state(ranks[0]["generator"], ranks[1]["generator"])
+    assert_same_state(ranks[0]["discriminator"], ranks[1]["discriminator"])
+    adversarial = [e for e in ranks[0]["events"] if e["phase"] == "adversarial"]
+    assert len(adversarial) == 2 and all(torch.isfinite(torch.tensor(e["g_loss"])) for e in adversarial)
+
+
 def test_only_rank_0_writes(adversarial_launch):
     out, _, _, ranks = adversarial_launch
     assert not (out / "run-1").exists(), "rank 1 wrote into its run directory"

@@ -176,7 +176,7 @@ def test_newcomer_journey_in_a_real_browser(server, page, tmp_path):
     page.get_by_text("Started run").wait_for()
     page.locator('[data-testid="stProgress"]').first.wait_for()
     page.get_by_text("done: 3 units", exact=False).wait_for(timeout=90_000)
-    page.get_by_text("NLL (lower is better)").wait_for()
+    page.get_by_text("Coverage: NLL-test", exact=False).wait_for()
     shot(page, "3-train-finished", height=2600)
     run_id = next(p.name for p in (root / "runs").iterdir() if (p / "job.json").exists())
 
