@@ -547,6 +547,7 @@ CHART_SECTIONS = {
         "Policy-gradient loss (adversarial)": ["pg_loss"],
         "Discriminator loss": ["d_loss"],
         "Discriminator accuracy": ["d_acc"],
+        "Critic: mean score of real minus generated sequences (the Wasserstein estimate)": ["d_gap"],
     },
     "Quality against diversity": {
         "Quality: BLEU against held-out data (higher is better)": ["bleu2", "bleu3", "bleu4"],

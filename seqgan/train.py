@@ -379,19 +379,29 @@ class Trainer:
         tokens = torch.cat([positives, negatives])
         labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).long().to(self.device)
         D.train()
+        critic = c.critic == "wasserstein"
         losses, correct, seen = [], 0, 0
+        score_sums = torch.zeros(2, 2, device=self.device)  # critic: [generated, real] x [sum of scores, count]
         for _ in range(c.d_epochs):
             for idx in self._batches(len(tokens), dist.per_rank(c.d_batch_size)):
-                if c.critic == "wasserstein":
+                if critic:
                     loss, logits = self.d_objective(critic_loss, tokens[idx], labels[idx], c.gp_weight)
+                    scores = Discriminator.reward_of(logits.detach(), critic=True)
+                    score_sums.index_add_(0, labels[idx], torch.stack([scores, torch.ones_like(scores)], dim=1))
                 else:
                     loss, logits = self.d_objective(discriminator_loss, tokens[idx], labels[idx])
                 self._step(self.optimizers["d"], loss)  # the original trains D with plain Adam, no clipping
                 losses.append(loss.item())
                 correct += int((logits.argmax(1) == labels[idx]).sum())
                 seen += len(idx)
+        event = {"d_loss": dist.mean(sum(losses) / max(1, len(losses)))}
+        # A critic's accuracy (the sign of its score) means little: its loss does not anchor the score at 0.
+        # Its Wasserstein estimate, mean score of real minus generated sequences, is what it learns.
+        if critic:
+            fake_sum, fake_count, real_sum, real_count = dist.sum(*score_sums.flatten().tolist())
+            event["d_gap"] = real_sum / max(1.0, real_count) - fake_sum / max(1.0, fake_count)
         correct, seen = dist.sum(correct, seen)
-        return {"d_loss": dist.mean(sum(losses) / max(1, len(losses))), "d_acc": correct / max(1, seen)}
+        return {**event, "d_acc": correct / max(1, seen)}
 
     def generator_pg_step(self) -> dict:
         c, G, dist = self.config, self.generator, self.dist

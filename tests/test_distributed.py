@@ -114,7 +114,8 @@ def test_the_critic_and_reward_normalisation_on_two_ranks(tmp_path):
     assert_same_state(ranks[0]["generator"], ranks[1]["generator"])
     assert_same_state(ranks[0]["discriminator"], ranks[1]["discriminator"])
     adversarial = [e for e in ranks[0]["events"] if e["phase"] == "adversarial"]
-    assert len(adversarial) == 2 and all(torch.isfinite(torch.tensor(e["g_loss"])) for e in adversarial)
+    assert len(adversarial) == 2 and all(torch.isfinite(torch.tensor([e["g_loss"], e["d_gap"]])).all()
+                                         for e in adversarial)
 
 
 def test_only_rank_0_writes(adversarial_launch):

@@ -625,6 +625,7 @@ def test_tiny_runs_with_each_stability_option(tmp_path, option):
         assert all(math.isfinite(v) for v in e.values() if isinstance(v, float)), e
     adversarial = [e for e in events if e["phase"] == "adversarial"]
     assert len(adversarial) == config.adv_iters and all(0 <= e["d_acc"] <= 1 for e in adversarial)
+    assert all(("d_gap" in e) == (config.critic == "wasserstein") for e in events if "d_loss" in e)
     assert {"self_bleu4", "distinct2", "nll_oracle", "nll_test"} <= adversarial[-1].keys()  # quality and diversity
     # MLE is the same as the plain run's; the option changes only what follows
     assert state_equal(load_bundle(RunDir(tmp_path / "run").checkpoint("mle"))["generator"],
