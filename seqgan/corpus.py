@@ -269,16 +269,18 @@ def guess_kind(source) -> str:
 
 # ----- metrics of a generator on a corpus --------------------------------------------------------------------
 @torch.no_grad()
-def sequence_nll(generator, tokens: torch.Tensor, eos_id: int | None = None, batch_size: int = 2048) -> float:
-    """Mean per-token NLL of ``tokens`` under ``generator``; with ``eos_id``, tokens after the first eos are not
-    counted (the padding of text sequences)."""
+def sequence_nll(generator, tokens: torch.Tensor, eos_id: int | None = None, batch_size: int = 2048,
+                 temperature: float = 1.0) -> float:
+    """Mean per-token NLL of ``tokens`` under ``generator`` (sampled at ``temperature``); with ``eos_id``, tokens
+    after the first eos are not counted (the padding of text sequences)."""
     import torch.nn.functional as F
 
     device = generator.output.weight.device
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size].to(device)
-        nll = F.cross_entropy(generator(batch).transpose(1, 2), batch, reduction="none")
+        logits = generator(batch) if temperature == 1.0 else generator(batch) / temperature
+        nll = F.cross_entropy(logits.transpose(1, 2), batch, reduction="none")
         mask = torch.ones_like(nll)
         if eos_id is not None:
             after_eos = (batch == eos_id).long().cumsum(1) - (batch == eos_id).long()

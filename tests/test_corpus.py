@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import pytest
@@ -236,4 +238,9 @@ def test_experiment_poems_on_a_small_corpus_writes_the_table(tmp_path, capsys, r
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "| MLE |" in text and "| SeqGAN |" in text and "| Real data |" in text and "BLEU-2" in text
+    assert "| MLE at τ=0.8 |" in text  # the MLE generator sampled colder, beside SeqGAN
     assert (out / "table.json").is_file() and (out / "seed1" / "checkpoints" / "seqgan.pt").is_file()
+    final = json.loads((out / "seed1" / "final.json").read_text())["final"]
+    for cold in ("MLE at τ=0.9", "MLE at τ=0.8", "MLE at τ=0.7"):  # same generator, same seed, colder sampling
+        assert final[cold].keys() == final["MLE"].keys()
+        assert final[cold]["nll_test"] != final["MLE"]["nll_test"] and final[cold]["bleu2"] != final["MLE"]["bleu2"]
