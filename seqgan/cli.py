@@ -313,7 +313,11 @@ def cmd_study(args) -> int:
     from . import studies
 
     overrides, device, out = experiment_settings(args, f"results/{args.study}-{args.preset}")
-    if args.study == "stability":
+    if args.report_only and args.study == "stability":
+        studies.write_stability_report(out, args.preset, args.seeds, args.variants)
+    elif args.report_only:
+        studies.write_lengths_report(out, args.preset, args.seeds, args.lengths)
+    elif args.study == "stability":
         studies.run_stability(args.preset, args.seeds, out, args.variants, args.oracle_params, device, log_line,
                               **overrides)
     else:
@@ -414,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--oracle-params", help="the paper's oracle (target_params.pkl); default: random per seed")
     study.add_argument("--out", help="output folder (default results/STUDY-PRESET); finished runs there are kept, "
                                      "unfinished ones resume")
+    study.add_argument("--report-only", action="store_true",
+                       help="train nothing: write the report from the runs already in --out")
     add_config_options(study)
     study.set_defaults(func=cmd_study)
     return parser

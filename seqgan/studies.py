@@ -182,11 +182,13 @@ def stability_summary(out_dir: Path, seeds: list[int], variants: list[str], seq_
 
 
 def lengths_summary(out_dir: Path, seeds: list[int], lengths: list[int]) -> dict:
-    """Per length: MLE's and SeqGAN's final NLL-oracle, the gap, and the share of MLE's excess removed."""
+    """Per length: MLE's and SeqGAN's final NLL-oracle, the gap, and the share of MLE's excess removed, over the
+    seeds whose run at that length has finished (lengths with none are left out)."""
     summary = {}
     for length in lengths:
         rows = []
-        for seed in seeds:
+        done = [s for s in seeds if _finished(RunDir(Path(out_dir) / f"L{length}" / f"seed{s}" / "plain"))]
+        for seed in done:
             seed_dir = Path(out_dir) / f"L{length}" / f"seed{seed}"
             meta = json.loads((seed_dir / "seed.json").read_text())
             curves = adversarial_curves(seed_dir, "plain")
@@ -196,9 +198,11 @@ def lengths_summary(out_dir: Path, seeds: list[int], lengths: list[int]) -> dict
                          "share": (mle - seqgan) / (mle - floor) if mle > floor else float("nan"),
                          "nll_test_mle": curves["nll_test"][0][1], "nll_test_seqgan": curves["nll_test"][-1][1],
                          "curves": curves})
+        if not rows:
+            continue
         summary[length] = {key: _mean_sd([r[key] for r in rows])
                            for key in ("mle", "seqgan", "gap", "oracle", "share", "nll_test_mle", "nll_test_seqgan")}
-        summary[length]["curves"] = [r["curves"] for r in rows]
+        summary[length].update(seeds=done, curves=[r["curves"] for r in rows])
     return summary
 
 
@@ -265,14 +269,14 @@ def stability_markdown(summary: dict, preset: str, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def lengths_markdown(summary: dict, preset: str, seeds: list[int]) -> str:
-    lines = [f"Preset `{preset}`, seeds {', '.join(map(str, seeds))}: mean ± sd over seeds. NLL-oracle per token; "
+def lengths_markdown(summary: dict, preset: str) -> str:
+    lines = [f"Preset `{preset}`: mean ± sd over the seeds listed. NLL-oracle per token; "
              "oracle: the oracle's NLL of its own held-out samples (the floor); share: gap / (MLE − oracle).", "",
-             "| Length | MLE | SeqGAN | gap MLE − SeqGAN | share of MLE's excess removed | oracle | "
-             "NLL-test MLE → SeqGAN |", "|---|---|---|---|---|---|---|"]
+             "| Length | seeds | MLE | SeqGAN | gap MLE − SeqGAN | share of MLE's excess removed | oracle | "
+             "NLL-test MLE → SeqGAN |", "|---|---|---|---|---|---|---|---|"]
     for length, row in summary.items():
-        lines.append(f"| {length} | {_pm(row['mle'])} | {_pm(row['seqgan'])} | {_pm(row['gap'])} | "
-                     f"{_pm(row['share'], 2)} | {row['oracle']['mean']:.3f} | "
+        lines.append(f"| {length} | {', '.join(map(str, row['seeds']))} | {_pm(row['mle'])} | {_pm(row['seqgan'])} | "
+                     f"{_pm(row['gap'])} | {_pm(row['share'], 2)} | {row['oracle']['mean']:.3f} | "
                      f"{row['nll_test_mle']['mean']:.3f} → {row['nll_test_seqgan']['mean']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -353,12 +357,12 @@ def write_stability_report(out_dir: str | Path, preset: str, seeds: list[int], v
 def write_lengths_report(out_dir: str | Path, preset: str, seeds: list[int], lengths: list[int]) -> dict:
     out_dir = Path(out_dir)
     summary = lengths_summary(out_dir, seeds, lengths)
-    (out_dir / "lengths.md").write_text(lengths_markdown(summary, preset, seeds))
+    (out_dir / "lengths.md").write_text(lengths_markdown(summary, preset))
     (out_dir / "lengths.json").write_text(json.dumps({"preset": preset, "seeds": seeds,
                                                       "summary": {n: {k: v for k, v in row.items() if k != "curves"}
                                                                   for n, row in summary.items()}}, indent=1))
     plot_lengths(summary, out_dir / "lengths.png",
-                 f"SeqGAN against MLE by sequence length, preset {preset}, {len(seeds)} seed(s)")
+                 f"SeqGAN against MLE by sequence length, preset {preset} (seeds per length: lengths.md)")
     return summary
 
 

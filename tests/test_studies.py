@@ -98,6 +98,10 @@ def test_study_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 8 |" in out and "lengths.md" in out
     assert (tmp_path / "L8" / "seed3" / "plain" / "checkpoints").is_dir()
+    (tmp_path / "lengths.md").unlink()
+    assert main(["study", "lengths", "--lengths", "8", "16", "--seeds", "3", "4", "--out", str(tmp_path),
+                 "--report-only"]) == 0  # only what has finished: length 8, seed 3
+    assert "| 8 | 3 |" in (tmp_path / "lengths.md").read_text() and "| 16 |" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["study", "stability", "--variants", "sharp", "--out", str(tmp_path)])
     assert main(["train", "--run-dir", str(tmp_path / "bad"), "--critic", "wasserstein", "--gp-weight", "-1",
