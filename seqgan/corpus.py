@@ -305,14 +305,12 @@ class SampleScorer:
         self.reference_events = [tokenizer.decode(row) for row in rows] if tokenizer.kind == "music" else None
 
     def score(self, samples: list[list[int]]) -> dict:
-        from .metrics import distinct_n, self_bleu
+        from .metrics import diversity
         from .music import melody_mse, silent_share
 
         hypotheses = [bleu_tokens(self.tokenizer, row) for row in samples]
         metrics = {f"bleu{n}": self.bleu.corpus(hypotheses, n) for n in self.bleu_orders}
-        kept = [h for h in hypotheses[:self.self_bleu_samples] if h]
-        metrics["self_bleu4"] = self_bleu(kept, 4) if len(kept) >= 2 else 0.0
-        metrics["distinct2"] = distinct_n(hypotheses, 2)
+        metrics.update(diversity(hypotheses, self.self_bleu_samples))
         if self.reference_events is not None:
             melodies = [self.tokenizer.decode(row) for row in samples]
             metrics["mse"] = melody_mse(melodies, self.reference_events)

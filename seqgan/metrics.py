@@ -261,3 +261,10 @@ def distinct_n(sequences: Iterable[Sequence[Hashable]], n: int) -> float:
     if not all_grams:
         return 0.0
     return len(set(all_grams)) / len(all_grams)
+
+
+def diversity(sequences: Sequence[Sequence[Hashable]], self_bleu_samples: int = 500) -> dict:
+    """Self-BLEU-4 of the first ``self_bleu_samples`` non-empty sequences (0.0 when fewer than two) and distinct-2
+    of all of them: the two diversity figures every evaluation reports."""
+    kept = [s for s in sequences[:self_bleu_samples] if len(s)]
+    return {"self_bleu4": self_bleu(kept, 4) if len(kept) >= 2 else 0.0, "distinct2": distinct_n(sequences, 2)}

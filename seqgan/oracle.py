@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import atomic_write_bytes
+from .corpus import sequence_nll
 from .errors import InputError
 from .models import Generator
 
@@ -136,17 +136,9 @@ def load_oracle(path: str | Path) -> Generator:
     return oracle_from_arrays(load_oracle_arrays(path))
 
 
-@torch.no_grad()
 def nll_under(model: Generator, tokens: torch.Tensor, batch_size: int = 2048, temperature: float = 1.0) -> float:
     """Mean per-token negative log-likelihood of ``tokens`` [N, T] under ``model`` (sampled at ``temperature``)."""
-    device = model.output.weight.device
-    total, count = 0.0, 0
-    for i in range(0, len(tokens), batch_size):
-        batch = tokens[i:i + batch_size].to(device)
-        logits = model(batch) if temperature == 1.0 else model(batch) / temperature
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.reshape(-1), reduction="sum").item()
-        count += batch.numel()
-    return total / count
+    return sequence_nll(model, tokens, batch_size=batch_size, temperature=temperature)
 
 
 def oracle_evaluator(oracle: Generator, num_samples: int, seq_len: int, heldout: torch.Tensor | None = None,
@@ -154,7 +146,7 @@ def oracle_evaluator(oracle: Generator, num_samples: int, seq_len: int, heldout:
     """Trainer evaluation for the synthetic task: NLL-oracle of G's samples (quality), NLL-test of held-out data
     (coverage: it rises when G drops modes of the oracle), and Self-BLEU-4 and distinct-2 of the first
     ``diversity_samples`` samples (diversity; 0 leaves them out)."""
-    from .metrics import distinct_n, self_bleu
+    from .metrics import diversity
 
     def evaluate(generator: Generator, rng: torch.Generator) -> dict:
         samples = generator.sample(num_samples, seq_len, generator=rng)
@@ -163,8 +155,7 @@ def oracle_evaluator(oracle: Generator, num_samples: int, seq_len: int, heldout:
             metrics["nll_test"] = nll_under(generator, heldout)
         kept = samples[:diversity_samples].tolist()
         if len(kept) >= 2:
-            metrics["self_bleu4"] = self_bleu(kept, 4)
-            metrics["distinct2"] = distinct_n(kept, 2)
+            metrics.update(diversity(kept))
         return metrics
 
     return evaluate

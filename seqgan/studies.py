@@ -35,7 +35,7 @@ import torch
 from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import read_token_file
 from .experiments import QUARTER_D, oracle_task
-from .metrics import self_bleu
+from .metrics import diversity
 from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device
@@ -71,7 +71,7 @@ def study_config(study: str, preset: str, seed: int, seq_len: int, device: str =
 
 
 def _finished(run: RunDir) -> bool:
-    return run.status.exists() and run.read_json(run.status).get("state") == "finished"
+    return (run.read_status() or {}).get("state") == "finished"
 
 
 def _train(config: TrainConfig, data, run: RunDir, evaluator, start: RunDir | None, log, label: str) -> None:
@@ -159,7 +159,7 @@ def temperature_curve(seed_dir: Path, temperatures=TEMPERATURES, num_samples: in
                            generator=rng)
         points.append({"temperature": temperature, "nll_oracle": nll_under(oracle, samples),
                        "nll_test": nll_under(G, heldout, temperature=temperature),
-                       "self_bleu4": self_bleu(samples[:500].tolist(), 4)})
+                       "self_bleu4": diversity(samples[:500].tolist())["self_bleu4"]})
     return points
 
 
