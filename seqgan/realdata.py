@@ -128,8 +128,9 @@ def score_run(run: RunDir, config: TrainConfig, final_samples: int, seed: int) -
     final = {}
     models = [("MLE", "mle", 1.0), ("SeqGAN", "seqgan", 1.0)]
     models += [(f"MLE at τ={t:g}", "mle", t) for t in MLE_TEMPERATURES]
+    generators = {role: load_generator(run.checkpoint(role), device) for role in ("mle", "seqgan")}
     for model, role, temperature in models:
-        generator = load_generator(run.checkpoint(role), device)
+        generator = generators[role]
         rng = torch.Generator(device=device).manual_seed(10_000 + seed)
         with torch.no_grad():
             samples = generator.sample(final_samples, config.seq_len, temperature=temperature,

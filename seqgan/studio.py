@@ -722,13 +722,14 @@ def melody_media(events, title: str = "") -> MelodyMedia:
 def sample_diversity(model: Model, temperature: float, seed: int, num: int = 200) -> dict:
     """Self-BLEU-4 and distinct-2 of ``num`` fresh samples at this temperature (the units BLEU counts)."""
     from .corpus import bleu_tokens
-    from .metrics import distinct_n, self_bleu
+    from .metrics import diversity
 
     rows = generate(model, num, temperature, seed)
     units = [bleu_tokens(model.tokenizer, r) if model.tokenizer is not None else [str(i) for i in r] for r in rows]
-    kept = [u for u in units if u]
-    return {"self_bleu4": self_bleu(kept, 4) if len(kept) >= 2 else float("nan"),
-            "distinct2": distinct_n(units, 2)}
+    measured = diversity(units, len(units))
+    if sum(1 for u in units if u) < 2:  # nothing to compare: shown as "no value", not as perfectly diverse
+        measured["self_bleu4"] = float("nan")
+    return measured
 
 
 # =============================================================================================================
