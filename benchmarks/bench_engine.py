@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from seqgan.models import Discriminator, Generator  # noqa: E402
 from seqgan.rollout import discriminator_reward, naive_rollout_rewards, rollout_rewards  # noqa: E402
+from seqgan.train import adam  # noqa: E402
 
 
 def sync(device):
@@ -167,7 +168,7 @@ def main():
 
     # adversarial generator step
     reward = discriminator_reward(D)
-    g_opt = torch.optim.Adam(G.parameters(), lr=0.01)
+    g_opt = adam(G.parameters(), lr=0.01)
 
     def g_step(rollout):
         samples = G.sample(B, T)
@@ -197,7 +198,7 @@ def main():
     order = torch.randperm(len(tokens), device=device)
     tokens, labels = tokens[order], labels[order]
     D.train()
-    d_opt = torch.optim.Adam(D.parameters(), lr=1e-4)
+    d_opt = adam(D.parameters(), lr=1e-4)
     if "d" in args.pieces:
         ours = timed(lambda: d_epoch(D, tokens, labels, d_opt), device)
         conv2d = Conv2dDiscriminator(D)
@@ -211,7 +212,7 @@ def main():
 
     # MLE epoch
     data = torch.randint(0, V, (n_real // B * B, T), device=device)
-    mle_opt = torch.optim.Adam(G.parameters(), lr=0.01)
+    mle_opt = adam(G.parameters(), lr=0.01)
 
     def mle_epoch():
         for i in range(0, len(data), B):

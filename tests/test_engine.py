@@ -123,6 +123,28 @@ def test_sample_from_logits_never_draws_minus_infinity_tokens_at_the_edges():
     assert set(tokens.unique().tolist()) <= {3, 5}
 
 
+def test_sample_from_logits_across_blocks_of_the_two_level_sampler():
+    """A vocabulary of several sampler blocks and a partial last one: rows whose mass sits in one block, in the
+    partial block only, across a block boundary, or with a whole block impossible."""
+    from seqgan.models import SAMPLER_BLOCK
+
+    vocab, draws_per_row = 2 * SAMPLER_BLOCK + 22, 30_000
+    rows = torch.randn(5, vocab, generator=seeded(7))
+    rows[1, :SAMPLER_BLOCK] = -math.inf                          # the first block impossible
+    rows[2, :2 * SAMPLER_BLOCK] = -math.inf                      # only the partial last block
+    rows[3] = -math.inf
+    rows[3, SAMPLER_BLOCK - 2:SAMPLER_BLOCK + 2] = torch.tensor([0.0, 1.0, 0.5, -0.5])  # across a boundary
+    rows[4, 5] = 12.0                                            # nearly all mass on one token
+    tokens = sample_from_logits(rows.repeat_interleave(draws_per_row, dim=0), generator=seeded(8))
+    exact = torch.softmax(rows.double(), dim=-1)
+    for r in range(len(rows)):
+        counts = torch.bincount(tokens[r * draws_per_row:(r + 1) * draws_per_row], minlength=vocab).double()
+        assert len(counts) == vocab
+        assert counts[torch.isinf(rows[r])].sum() == 0, f"row {r}: a token with logit -inf was drawn"
+        possible = exact[r] > 0
+        assert chi_square_z(counts[possible], exact[r][possible]) < Z_MAX, (r, counts, exact[r])
+
+
 def test_sample_from_logits_uses_only_the_given_generator():
     logits = torch.randn(500, 12, generator=seeded(3))
     torch.manual_seed(0)
@@ -533,6 +555,44 @@ def test_fused_weighted_nll_matches_autograd_loss_and_gradients():
             assert torch.allclose(g, e, rtol=1e-4, atol=1e-6)
     assert torch.allclose(G.nll(tokens), torch.nn.functional.cross_entropy(G(tokens).reshape(-1, 37),
                                                                            tokens.reshape(-1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [5, 300])  # one chunk of pooled_conv, and several
+def test_cpu_fast_paths_give_what_the_plain_layers_give(rows, monkeypatch):
+    """On CPU, linear layers run through oneDNN (forward and gradients) and, without autograd, the
+    convolutions as im2col products: each gives what the plain torch layers give."""
+    from seqgan import models
+
+    if not models._onednn_linear_works():
+        pytest.skip("this torch build has no oneDNN linear kernel: only the plain path exists")
+    torch.manual_seed(0)
+    D = Discriminator(30, 12, emb_dim=8, filter_sizes=(1, 3, 12), num_filters=(5, 6, 7)).eval()
+    tokens = torch.randint(0, 30, (rows, 12))
+    x = torch.randn(rows, 9)
+    weight, bias = torch.randn(4, 9), torch.randn(4)
+
+    def outputs():
+        with torch.no_grad():
+            embedded = D.embedding(tokens)
+            return [D(tokens), D.pooled_conv(D.convs[1], embedded[:, 4:]),  # a view that starts mid-sequence
+                    *(models.linear(x, weight, bias, a) for a in ("none", "relu", "sigmoid"))]
+
+    fast = outputs()
+    monkeypatch.setattr(models, "USE_ONEDNN", False)
+    plain = outputs()
+    for f, p in zip(fast, plain):
+        torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-5)
+    for params in ((x, weight, bias), (x, weight, None)):
+        params = [p.clone().requires_grad_(True) if p is not None else None for p in params]
+        upstream = torch.randn(rows, 4)
+        for activation in ("none", "relu", "sigmoid"):
+            grads = []
+            for use_onednn in (True, False):
+                monkeypatch.setattr(models, "USE_ONEDNN", use_onednn)
+                out = models.linear(*params, activation)
+                grads.append(torch.autograd.grad(out, [p for p in params if p is not None], upstream))
+            for f, p in zip(*grads):
+                torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-5)
 
 
 # ----- 8. options beyond the paper: reward baseline and normalisation, the Wasserstein critic -------------------
