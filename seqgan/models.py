@@ -81,7 +81,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     it is the plain F.linear.
     """
     if x.dim() == 2 and _onednn_applies(x):
-        weight = weight.contiguous()
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
             return _OneDNNLinear.apply(x, weight, bias, activation)
         return _onednn_linear(x, weight, bias, activation)
@@ -152,14 +151,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias) if needs_grad else None
         for i in range(0, len(hidden), LinearCrossEntropy.CHUNK):
             h, y, w = (x[i:i + LinearCrossEntropy.CHUNK] for x in (hidden, targets, row_weights))
-            logits = torch.addmm(bias, h, weight.t())
-            lse = torch.logsumexp(logits, dim=1)
-            total += (w * (lse - logits.gather(1, y.unsqueeze(1)).squeeze(1))).sum()
+            logits = linear(h, weight, bias)
+            total -= (w * torch.log_softmax(logits, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)).sum()
             if needs_grad:  # d/dlogits = w * (softmax - onehot)
-                grad = logits.sub_(lse.unsqueeze(1)).exp_().mul_(w.unsqueeze(1))
+                grad = torch.softmax(logits, dim=1).mul_(w.unsqueeze(1))
                 grad.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
-                torch.mm(grad, weight, out=grad_hidden[i:i + LinearCrossEntropy.CHUNK])
-                grad_weight.addmm_(grad.t(), h)
+                grad_hidden[i:i + LinearCrossEntropy.CHUNK] = linear(grad, weight.t(), None)
+                grad_weight += linear(h.t(), grad.t(), None).t()  # h.t() @ grad, transposed
                 grad_bias += grad.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return total
