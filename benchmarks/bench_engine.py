@@ -1,8 +1,9 @@
 """Engine benchmark at the paper's sizes: ours against the naive original algorithm, in one process.
 
-For each piece it prints wall time for our code and for a naive reference, the floating-point work our code
-does, and the floor that work implies at the matmul rate measured at the start of the same run (a large fp32
-GEMM); the naive reference does more work for the G step (no windows shared), so its floor is higher:
+For each piece it prints wall time for our code, for our code with plain torch kernels (torch's own layers and
+the unfused Adam: ``plain_torch``) and for a naive reference, the floating-point work our code does, and the
+floor that work implies at the best fp32 matmul rate measured at the start of the same run (a 2048^3 GEMM
+through torch.mm and, on CPU, oneDNN); the naive reference does more work for the G step (no windows shared):
 
     adversarial G step   sample 64, 16 rollouts of every prefix, D scores every completion, PG update
                          reference: per-prefix rollouts that re-read the prefix and draw with torch.multinomial
@@ -19,6 +20,7 @@ core was busy. --quick shrinks the sizes to check that the script runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -29,9 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from seqgan import models, train  # noqa: E402
 from seqgan.models import Discriminator, Generator  # noqa: E402
 from seqgan.rollout import discriminator_reward, naive_rollout_rewards, rollout_rewards  # noqa: E402
-from seqgan.train import adam  # noqa: E402
 
 
 def sync(device):
@@ -49,10 +51,26 @@ def timed(fn, device, repeat=1):
     return (time.perf_counter() - start) / repeat
 
 
-def matmul_rate(device, n=2048) -> float:
+def matmul_rates(device, n=2048) -> dict[str, float]:
+    """fp32 rate of an n^3 GEMM: torch.mm (MKL on CPU, cuBLAS on GPU) and, on CPU, oneDNN's linear kernel."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    seconds = timed(lambda: a @ b, device, repeat=5 if device.type == "cpu" else 50)
-    return 2 * n ** 3 / seconds
+    repeat = 5 if device.type == "cpu" else 50
+    rates = {"torch.mm": 2 * n ** 3 / timed(lambda: a @ b, device, repeat)}
+    if device.type == "cpu" and models._onednn_linear_works():
+        rates["oneDNN"] = 2 * n ** 3 / timed(lambda: models._onednn_linear(a, b, None), device, repeat)
+    return rates
+
+
+@contextlib.contextmanager
+def plain_torch():
+    """torch's own layers and the unfused Adam: the baseline for the CPU kernels of ``seqgan.models``."""
+    saved = train.adam
+    train.adam = lambda parameters, lr: torch.optim.Adam(parameters, lr=lr)
+    try:
+        with models.plain_kernels():
+            yield
+    finally:
+        train.adam = saved
 
 
 # ----- floating-point work --------------------------------------------------------------------------------
@@ -152,31 +170,44 @@ def main():
     step_flops = lstm_step_flops(E, H, V)
     d_flops = d_forward_flops(T, D.embedding.embedding_dim, D.filter_sizes, D.num_filters)
 
-    rate = matmul_rate(device)
+    rates = matmul_rates(device)
+    rate = max(rates.values())
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"measured fp32 matmul rate (2048^3 GEMM): {rate / 1e9:.1f} GFLOP/s\n")
-    header = f"{'piece':28s} {'ours s':>8s} {'naive s':>8s} {'speed-up':>8s} {'GFLOP':>8s} {'floor s':>8s} {'ours/floor':>10s}"
+    print("measured fp32 matmul rate (2048^3 GEMM): "
+          + ", ".join(f"{name} {r / 1e9:.1f} GFLOP/s" for name, r in rates.items())
+          + f"; floors use the best, {rate / 1e9:.1f}\n")
+    header = (f"{'piece':28s} {'ours s':>8s} {'plain s':>8s} {'naive s':>8s} {'vs plain':>8s} {'vs naive':>8s} "
+              f"{'GFLOP':>8s} {'floor s':>8s} {'ours/floor':>10s}")
     print(header)
     print("-" * len(header))
 
-    def report(name, ours, naive, flops):
+    def measure(name, make_piece, flops, make_naive=None):
+        """Time ours, ours with plain torch kernels (``plain_torch``), and the naive reference (plain kernels
+        too: it stands for the original algorithm as the original ran it)."""
+        ours = timed(make_piece(), device)
+        with plain_torch():
+            plain = timed(make_piece(), device)
+            naive = timed(make_naive(), device) if make_naive and not args.skip_naive else None
         floor = flops / rate
-        naive_s = f"{naive:8.2f}" if naive else f"{'-':>8s}"
-        speed = f"{naive / ours:7.1f}x" if naive else f"{'-':>8s}"
-        print(f"{name:28s} {ours:8.2f} {naive_s} {speed} {flops / 1e9:8.1f} {floor:8.2f} {ours / floor:9.2f}x",
-              flush=True)
+        cells = [f"{ours:8.2f}", f"{plain:8.2f}", f"{naive:8.2f}" if naive else f"{'-':>8s}",
+                 f"{plain / ours:7.1f}x", f"{naive / ours:7.1f}x" if naive else f"{'-':>8s}",
+                 f"{flops / 1e9:8.1f}", f"{floor:8.2f}", f"{ours / floor:9.2f}x"]
+        print(f"{name:28s} " + " ".join(cells), flush=True)
 
     # adversarial generator step
-    reward = discriminator_reward(D)
-    g_opt = adam(G.parameters(), lr=0.01)
-
     def g_step(rollout):
-        samples = G.sample(B, T)
-        rewards = rollout(G, samples, N, reward)
-        loss = -(G.log_probs(samples) * rewards).sum()
-        g_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        g_opt.step()
+        def make():
+            reward, g_opt = discriminator_reward(D), train.adam(G.parameters(), lr=0.01)
+
+            def step():
+                samples = G.sample(B, T)
+                rewards = rollout(G, samples, N, reward)
+                loss = -(G.log_probs(samples) * rewards).sum()
+                g_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                g_opt.step()
+            return step
+        return make
 
     completions = N * B * (T - 1) + B
     rollout_rows = N * B * T * (T - 1) // 2
@@ -186,9 +217,7 @@ def main():
     g_flops = (B * T + rollout_rows) * step_flops + (completions - B) * d_shared + 2 * B * d_flops \
         + 3 * B * T * step_flops
     if "g" in args.pieces:
-        ours = timed(lambda: g_step(rollout_rewards), device)
-        naive = None if args.skip_naive else timed(lambda: g_step(naive_rollout_rewards), device, repeat=1)
-        report(f"adversarial G step (N={N})", ours, naive, g_flops)
+        measure(f"adversarial G step (N={N})", g_step(rollout_rewards), g_flops, g_step(naive_rollout_rewards))
 
     # discriminator epoch
     real = torch.randint(0, V, (n_real, T), device=device)
@@ -198,33 +227,41 @@ def main():
     order = torch.randperm(len(tokens), device=device)
     tokens, labels = tokens[order], labels[order]
     D.train()
-    d_opt = adam(D.parameters(), lr=1e-4)
+
+    def d_epoch_of(model):
+        def make():
+            d_opt = train.adam(D.parameters(), lr=1e-4)
+            return lambda: d_epoch(model, tokens, labels, d_opt)
+        return make
+
     if "d" in args.pieces:
-        ours = timed(lambda: d_epoch(D, tokens, labels, d_opt), device)
-        conv2d = Conv2dDiscriminator(D)
-        naive = None if args.skip_naive else timed(lambda: d_epoch(conv2d, tokens, labels, d_opt), device)
-        report(f"D epoch ({2 * n_real} seqs)", ours, naive, 3 * len(tokens) * d_flops)
+        measure(f"D epoch ({2 * n_real} seqs)", d_epoch_of(D), 3 * len(tokens) * d_flops,
+                d_epoch_of(Conv2dDiscriminator(D)))
 
     if "sample" in args.pieces:
-        ours = timed(lambda: G.sample(n_samples, T), device)
-        naive = None if args.skip_naive else timed(lambda: naive_sample(G, n_samples, T), device)
-        report(f"sample {n_samples}", ours, naive, n_samples * T * step_flops)
+        measure(f"sample {n_samples}", lambda: lambda: G.sample(n_samples, T), n_samples * T * step_flops,
+                lambda: lambda: naive_sample(G, n_samples, T))
 
     # MLE epoch
     data = torch.randint(0, V, (n_real // B * B, T), device=device)
-    mle_opt = adam(G.parameters(), lr=0.01)
 
     def mle_epoch():
-        for i in range(0, len(data), B):
-            loss = G.nll(data[i:i + B])
-            mle_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            mle_opt.step()
+        mle_opt = train.adam(G.parameters(), lr=0.01)
+
+        def epoch():
+            for i in range(0, len(data), B):
+                loss = G.nll(data[i:i + B])
+                mle_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                mle_opt.step()
+        return epoch
+
+    def naive_mle():
+        mle_opt = torch.optim.Adam(G.parameters(), lr=0.01)
+        return lambda: naive_mle_epoch(G, data, mle_opt)
 
     if "mle" in args.pieces:
-        ours = timed(mle_epoch, device)
-        naive = None if args.skip_naive else timed(lambda: naive_mle_epoch(G, data, mle_opt), device)
-        report(f"MLE epoch ({len(data)} seqs)", ours, naive, 3 * len(data) * T * step_flops)
+        measure(f"MLE epoch ({len(data)} seqs)", mle_epoch, 3 * len(data) * T * step_flops, naive_mle)
 
 
 if __name__ == "__main__":
