@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqgan import models, train  # noqa: E402
+from seqgan import kernels, train  # noqa: E402
 from seqgan.models import Discriminator, Generator  # noqa: E402
 from seqgan.rollout import discriminator_reward, naive_rollout_rewards, rollout_rewards  # noqa: E402
 
@@ -56,18 +56,18 @@ def matmul_rates(device, n=2048) -> dict[str, float]:
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     repeat = 5 if device.type == "cpu" else 50
     rates = {"torch.mm": 2 * n ** 3 / timed(lambda: a @ b, device, repeat)}
-    if device.type == "cpu" and models._onednn_linear_works():
-        rates["oneDNN"] = 2 * n ** 3 / timed(lambda: models._onednn_linear(a, b, None), device, repeat)
+    if device.type == "cpu" and kernels._onednn_linear_works():
+        rates["oneDNN"] = 2 * n ** 3 / timed(lambda: kernels._onednn_linear(a, b, None), device, repeat)
     return rates
 
 
 @contextlib.contextmanager
 def plain_torch():
-    """torch's own layers and the unfused Adam: the baseline for the CPU kernels of ``seqgan.models``."""
+    """torch's own layers and the unfused Adam: the baseline for the CPU kernels of ``seqgan.kernels``."""
     saved = train.adam
     train.adam = lambda parameters, lr: torch.optim.Adam(parameters, lr=lr)
     try:
-        with models.plain_kernels():
+        with kernels.plain_kernels():
             yield
     finally:
         train.adam = saved

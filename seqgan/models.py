@@ -4,26 +4,23 @@ Both follow the original release (LantaoYu/SeqGAN): the generator's parameters a
 first input is the embedding of ``start_token`` (token 0, also an ordinary token in the oracle task) with
 h = c = 0. The discriminator is the paper's CNN: filter widths 1..10, 15, 20 with 100..160 maps, ReLU,
 max-over-time pooling, one highway layer (gate bias -2), dropout (keep 0.75) and a 2-way output whose weights
-carry an L2 penalty of 0.2. Its convolutions are Conv1d over the embedding (measured faster than Conv2d on CPU).
+carry an L2 penalty of 0.2. Its convolutions are 1-D over the embedding (Conv1d, measured faster than the
+original's Conv2d form; on CPU im2col products, see ``kernels``).
 
 The same network also serves as a Wasserstein-style critic (an option; see ``train.critic_loss``): its score is
 the difference of the two output logits, so that the classifier's P(real) is sigmoid(score) and the critic's
 reward is the unbounded score itself.
 
-On CPU, linear layers (and, without autograd, the convolutions as im2col products) run through oneDNN's fused
-linear kernel, about twice torch.mm's fp32 rate on the benchmark machine; ``plain_kernels()`` switches that off.
-The sampler is a two-level inverse CDF. BENCHMARKS.md measures each against plain torch in the same process.
+The products run through ``kernels`` (oneDNN on CPU); the sampler is a two-level inverse CDF.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+
+from .kernels import LinearCrossEntropy, linear, onednn_applies, pooled_windows
 
 PAPER_FILTER_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20)
 PAPER_NUM_FILTERS = (100, 200, 200, 200, 200, 100, 100, 100, 100, 100, 160, 160)
@@ -32,75 +29,6 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [1, rows, hidden] 
 
 
 SAMPLER_BLOCK = 64  # tokens per block of the two-level sampler (measured best of 32..256 at V = 5,000)
-USE_ONEDNN = True  # route inference-time linear layers on CPU through oneDNN (see ``linear``)
-
-
-@functools.cache
-def _onednn_linear_works() -> bool:
-    try:
-        x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.full((4,), -4.0)
-        return torch.equal(torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], ""), F.relu(F.linear(x, w, b)))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def _onednn_applies(x: torch.Tensor) -> bool:
-    return USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_linear_works()
-
-
-def _onednn_linear(x, weight, bias, activation="none"):
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """``linear`` with autograd: the forward and both gradient products through oneDNN (no transposed copies)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, activation):
-        y = _onednn_linear(x, weight, bias, activation)
-        ctx.save_for_backward(x, weight, y)
-        ctx.activation, ctx.has_bias = activation, bias is not None
-        return y
-
-    @staticmethod
-    @once_differentiable  # a second derivative (the critic's gradient penalty) must use plain_kernels()
-    def backward(ctx, grad_y):
-        x, weight, y = ctx.saved_tensors
-        if ctx.activation == "relu":
-            grad_y = grad_y * (y > 0)
-        elif ctx.activation == "sigmoid":
-            grad_y = grad_y * y * (1.0 - y)
-        grad_x = _onednn_linear(grad_y, weight.t(), None) if ctx.needs_input_grad[0] else None
-        grad_weight = _onednn_linear(grad_y.t(), x.t(), None) if ctx.needs_input_grad[1] else None
-        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias, None
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"):
-    """activation(x @ weight.T + bias) for activation "none", "relu" or "sigmoid".
-
-    fp32 on CPU goes through oneDNN's fused linear kernel (the one torch.compile uses on CPU), forward and
-    backward: on the AMD EPYC of BENCHMARKS.md it runs 2.2x faster than torch.mm (MKL), and the activation is
-    applied in the same pass. Anywhere else (GPU, other dtypes, torch without oneDNN, ``plain_kernels()``)
-    it is the plain F.linear.
-    """
-    if x.dim() == 2 and _onednn_applies(x):
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-            return _OneDNNLinear.apply(x, weight, bias, activation)
-        return _onednn_linear(x, weight, bias, activation)
-    y = F.linear(x, weight, bias)
-    return y if activation == "none" else F.relu(y) if activation == "relu" else torch.sigmoid(y)
-
-
-@contextlib.contextmanager
-def plain_kernels():
-    """Use only torch's own layers inside (``linear``'s oneDNN path has no second derivative)."""
-    global USE_ONEDNN
-    saved, USE_ONEDNN = USE_ONEDNN, False
-    try:
-        yield
-    finally:
-        USE_ONEDNN = saved
 
 
 def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -134,42 +62,6 @@ def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, generator
     inside = probs.gather(1, index.clamp(max=vocab - 1)).masked_fill_(index >= vocab, 0.0)
     tokens = chosen * block + _inverse_cdf(inside.cumsum_(1), u[:, 1:])
     return tokens.view(logits.shape[:-1])
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """sum_r w_r * -log softmax(h_r W^T + b)[y_r], with its gradient computed in the same pass, chunk by chunk.
-
-    Autograd would keep the whole [rows, V] logits and run log-softmax forward and backward over it, out of
-    cache; this computes each chunk's logits, loss and gradient while they are in cache. Same three matrix
-    products, fewer passes over memory (the MLE-epoch figure in BENCHMARKS.md measures the difference).
-    """
-
-    CHUNK = 128
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, row_weights):
-        needs_grad = any(ctx.needs_input_grad[:3])
-        total = hidden.new_zeros(())
-        grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        grad_weight = torch.zeros_like(weight) if needs_grad else None
-        grad_bias = torch.zeros_like(bias) if needs_grad else None
-        for i in range(0, len(hidden), LinearCrossEntropy.CHUNK):
-            h, y, w = (x[i:i + LinearCrossEntropy.CHUNK] for x in (hidden, targets, row_weights))
-            logits = linear(h, weight, bias)
-            total -= (w * torch.log_softmax(logits, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)).sum()
-            if needs_grad:  # d/dlogits = w * (softmax - onehot)
-                grad = torch.softmax(logits, dim=1).mul_(w.unsqueeze(1))
-                grad.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
-                grad_hidden[i:i + LinearCrossEntropy.CHUNK] = linear(grad, weight.t(), None)
-                grad_weight += linear(h.t(), grad.t(), None).t()  # h.t() @ grad, transposed
-                grad_bias += grad.sum(0)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, grad_bias * grad_output, None, None
 
 
 class Generator(nn.Module):
@@ -328,22 +220,16 @@ class Discriminator(nn.Module):
 
         With autograd it is the Conv1d. Without (rewards, evaluation) on CPU: each window is a contiguous run
         of width*E numbers of x, so the convolution is one matrix product over those runs (im2col), through
-        ``linear``'s oneDNN kernel with the ReLU fused, 256 rows at a time to stay in cache: 1.2-8x faster than
-        Conv1d on the benchmark CPU, depending on the width.
+        oneDNN with the ReLU fused, 256 rows at a time to stay in cache: 1.2-8x faster than Conv1d on the
+        benchmark CPU, depending on the width.
         """
         maps, emb, width = conv.weight.shape
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-        if needs_grad or not (_onednn_applies(x) and x.stride(2) == 1 and x.stride(1) == emb):
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, conv.weight, conv.bias))
+        if needs_grad or not (onednn_applies(x) and x.stride(2) == 1 and x.stride(1) == emb):
             return F.relu(conv(x.transpose(1, 2))).amax(dim=2)
         weight = conv.weight.transpose(1, 2).reshape(maps, width * emb)  # window layout: position-major
-        rows, length = x.shape[0], x.shape[1] - width + 1
-        pooled = []
-        for i in range(0, rows, rows_per_chunk):
-            part = x[i:i + rows_per_chunk]
-            n = len(part)
-            windows = part.as_strided((n, length, width * emb), (part.stride(0), emb, 1)).reshape(n * length, -1)
-            pooled.append(linear(windows, weight, conv.bias, "relu").view(n, length, maps).amax(dim=1))
-        return torch.cat(pooled)
+        return torch.cat([pooled_windows(x[i:i + rows_per_chunk], weight, conv.bias, width)
+                          for i in range(0, len(x), rows_per_chunk)])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Class logits [B, 2]; class 1 is 'real'."""

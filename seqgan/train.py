@@ -44,8 +44,8 @@ from .checkpoint import FORMAT, save_bundle, tokenizer_tensor
 from .corpus import write_token_file
 from .distributed import SINGLE, DistContext, Objective
 from .errors import ConfigError
-from .models import (PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, plain_kernels,
-                     sample_from_logits)
+from .kernels import plain_kernels
+from .models import PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, sample_from_logits
 from .rollout import RewardFn, discriminator_reward, rollout_rewards
 from .runs import RunDir
 

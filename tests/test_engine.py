@@ -535,7 +535,7 @@ def test_tampered_checkpoints_are_refused_without_running_code(tmp_path, small_b
 
 def test_fused_weighted_nll_matches_autograd_loss_and_gradients():
     """Generator.weighted_nll (loss and gradient in one chunked pass) equals -sum(log G * w) through autograd."""
-    from seqgan.models import LinearCrossEntropy
+    from seqgan.kernels import LinearCrossEntropy
 
     torch.manual_seed(0)
     G = Generator(37, emb_dim=6, hidden_dim=5)
@@ -561,9 +561,9 @@ def test_fused_weighted_nll_matches_autograd_loss_and_gradients():
 def test_cpu_fast_paths_give_what_the_plain_layers_give(rows, monkeypatch):
     """On CPU, linear layers run through oneDNN (forward and gradients) and, without autograd, the
     convolutions as im2col products: each gives what the plain torch layers give."""
-    from seqgan import models
+    from seqgan import kernels
 
-    if not models._onednn_linear_works():
+    if not kernels._onednn_linear_works():
         pytest.skip("this torch build has no oneDNN linear kernel: only the plain path exists")
     torch.manual_seed(0)
     D = Discriminator(30, 12, emb_dim=8, filter_sizes=(1, 3, 12), num_filters=(5, 6, 7)).eval()
@@ -575,21 +575,29 @@ def test_cpu_fast_paths_give_what_the_plain_layers_give(rows, monkeypatch):
         with torch.no_grad():
             embedded = D.embedding(tokens)
             return [D(tokens), D.pooled_conv(D.convs[1], embedded[:, 4:]),  # a view that starts mid-sequence
-                    *(models.linear(x, weight, bias, a) for a in ("none", "relu", "sigmoid"))]
+                    *(kernels.linear(x, weight, bias, a) for a in ("none", "relu", "sigmoid"))]
 
     fast = outputs()
-    monkeypatch.setattr(models, "USE_ONEDNN", False)
+    monkeypatch.setattr(kernels, "USE_ONEDNN", False)
     plain = outputs()
     for f, p in zip(fast, plain):
         torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-5)
+    # the discriminator's gradients (oneDNN linears in the highway)
+    upstream = torch.randn(rows, 2)
+    grads = []
+    for use_onednn in (True, False):
+        monkeypatch.setattr(kernels, "USE_ONEDNN", use_onednn)
+        grads.append(torch.autograd.grad(D(tokens), list(D.parameters()), upstream))
+    for (name, _), f, p in zip(D.named_parameters(), *grads):
+        torch.testing.assert_close(f, p, rtol=1e-4, atol=1e-5, msg=name)
     for params in ((x, weight, bias), (x, weight, None)):
         params = [p.clone().requires_grad_(True) if p is not None else None for p in params]
         upstream = torch.randn(rows, 4)
         for activation in ("none", "relu", "sigmoid"):
             grads = []
             for use_onednn in (True, False):
-                monkeypatch.setattr(models, "USE_ONEDNN", use_onednn)
-                out = models.linear(*params, activation)
+                monkeypatch.setattr(kernels, "USE_ONEDNN", use_onednn)
+                out = kernels.linear(*params, activation)
                 grads.append(torch.autograd.grad(out, [p for p in params if p is not None], upstream))
             for f, p in zip(*grads):
                 torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,138 @@
+"""CPU kernels for the networks' products: each gives what the plain torch layer gives (tested), faster.
+
+- ``linear``: activation(x W^T + b) through oneDNN's fused fp32 linear kernel (``torch.ops.mkldnn.
+  _linear_pointwise``, what torch.compile emits on CPU), with its own backward. On the benchmark's AMD EPYC,
+  oneDNN reaches ~230 GFLOP/s on one core where torch.mm (MKL) reaches ~105, for the same fp32 arithmetic.
+- ``pooled_windows``: a convolution followed by ReLU and max over positions, as one product over the im2col
+  windows (each window of an embedded sequence is a contiguous run of width * E numbers), without autograd.
+- ``LinearCrossEntropy``: the output projection and the (weighted) cross-entropy with its gradient, a chunk of
+  rows at a time, in cache: the MLE and policy-gradient loss.
+
+The oneDNN paths apply to fp32 tensors on CPU when this torch has the op (probed once); anywhere else (GPU,
+other dtypes, ``plain_kernels()``) the plain torch layers run. BENCHMARKS.md measures both in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+USE_ONEDNN = True  # route linear layers and convolutions on CPU through oneDNN (see ``linear``)
+
+
+@functools.cache
+def _onednn_linear_works() -> bool:
+    try:
+        x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.full((4,), -4.0)
+        return torch.equal(torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], ""), F.relu(F.linear(x, w, b)))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def onednn_applies(x: torch.Tensor) -> bool:
+    return USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_linear_works()
+
+
+def _onednn_linear(x, weight, bias, activation="none"):
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``linear`` with autograd: the forward and both gradient products through oneDNN (no transposed copies)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation):
+        y = _onednn_linear(x, weight, bias, activation)
+        ctx.save_for_backward(x, weight, y)
+        ctx.activation, ctx.has_bias = activation, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable  # a second derivative (the critic's gradient penalty) must use plain_kernels()
+    def backward(ctx, grad_y):
+        x, weight, y = ctx.saved_tensors
+        if ctx.activation == "relu":
+            grad_y = grad_y * (y > 0)
+        elif ctx.activation == "sigmoid":
+            grad_y = grad_y * y * (1.0 - y)
+        grad_x = _onednn_linear(grad_y, weight.t(), None) if ctx.needs_input_grad[0] else None
+        grad_weight = _onednn_linear(grad_y.t(), x.t(), None) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"):
+    """activation(x @ weight.T + bias) for activation "none", "relu" or "sigmoid".
+
+    fp32 on CPU goes through oneDNN's fused linear kernel (the one torch.compile uses on CPU), forward and
+    backward: on the AMD EPYC of BENCHMARKS.md it runs 2.2x faster than torch.mm (MKL), and the activation is
+    applied in the same pass. Anywhere else (GPU, other dtypes, torch without oneDNN, ``plain_kernels()``)
+    it is the plain F.linear.
+    """
+    if x.dim() == 2 and onednn_applies(x):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            return _OneDNNLinear.apply(x, weight, bias, activation)
+        return _onednn_linear(x, weight, bias, activation)
+    y = F.linear(x, weight, bias)
+    return y if activation == "none" else F.relu(y) if activation == "relu" else torch.sigmoid(y)
+
+
+@contextlib.contextmanager
+def plain_kernels():
+    """Use only torch's own layers inside (``linear``'s oneDNN path has no second derivative)."""
+    global USE_ONEDNN
+    saved, USE_ONEDNN = USE_ONEDNN, False
+    try:
+        yield
+    finally:
+        USE_ONEDNN = saved
+
+
+def pooled_windows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, width: int) -> torch.Tensor:
+    """max over window positions of relu(conv(x)) for x [rows, T', E] (x.stride(1) == E, x.stride(2) == 1) and
+    the convolution's ``weight`` laid out as [maps, width*E]: one product over the im2col windows. No autograd
+    (training keeps Conv1d: this form with a hand-written backward measured no faster)."""
+    rows, emb = x.shape[0], x.shape[2]
+    length = x.shape[1] - width + 1
+    windows = x.as_strided((rows, length, width * emb), (x.stride(0), emb, 1)).reshape(rows * length, -1)
+    return _onednn_linear(windows, weight, bias, "relu").view(rows, length, -1).amax(dim=1)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_r w_r * -log softmax(h_r W^T + b)[y_r], with its gradient computed in the same pass, chunk by chunk.
+
+    Autograd would keep the whole [rows, V] logits and run log-softmax forward and backward over it, out of
+    cache; this computes each chunk's logits, loss and gradient while they are in cache. Same three matrix
+    products, fewer passes over memory (the MLE-epoch figure in BENCHMARKS.md measures the difference).
+    """
+
+    CHUNK = 128
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, row_weights):
+        needs_grad = any(ctx.needs_input_grad[:3])
+        total = hidden.new_zeros(())
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(weight) if needs_grad else None
+        grad_bias = torch.zeros_like(bias) if needs_grad else None
+        for i in range(0, len(hidden), LinearCrossEntropy.CHUNK):
+            h, y, w = (x[i:i + LinearCrossEntropy.CHUNK] for x in (hidden, targets, row_weights))
+            logits = linear(h, weight, bias)
+            total -= (w * torch.log_softmax(logits, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)).sum()
+            if needs_grad:  # d/dlogits = w * (softmax - onehot)
+                grad = torch.softmax(logits, dim=1).mul_(w.unsqueeze(1))
+                grad.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
+                grad_hidden[i:i + LinearCrossEntropy.CHUNK] = linear(grad, weight.t(), None)
+                grad_weight += linear(h.t(), grad.t(), None).t()  # h.t() @ grad, transposed
+                grad_bias += grad.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, grad_bias * grad_output, None, None
