@@ -66,17 +66,20 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"):
-    """activation(x @ weight.T + bias) for activation "none", "relu" or "sigmoid".
+    """activation(x @ weight.T + bias) for activation "none", "relu" or "sigmoid", x [..., in].
 
     fp32 on CPU goes through oneDNN's fused linear kernel (the one torch.compile uses on CPU), forward and
     backward: on the AMD EPYC of BENCHMARKS.md it runs 2.2x faster than torch.mm (MKL), and the activation is
     applied in the same pass. Anywhere else (GPU, other dtypes, torch without oneDNN, ``plain_kernels()``)
     it is the plain F.linear.
     """
-    if x.dim() == 2 and onednn_applies(x):
+    if onednn_applies(x):
+        rows = x.reshape(-1, x.shape[-1])
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-            return _OneDNNLinear.apply(x, weight, bias, activation)
-        return _onednn_linear(x, weight, bias, activation)
+            y = _OneDNNLinear.apply(rows, weight, bias, activation)
+        else:
+            y = _onednn_linear(rows, weight, bias, activation)
+        return y.view(*x.shape[:-1], weight.shape[0])
     y = F.linear(x, weight, bias)
     return y if activation == "none" else F.relu(y) if activation == "relu" else torch.sigmoid(y)
 

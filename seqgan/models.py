@@ -86,7 +86,7 @@ class Generator(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits [B, T, V]: row t scores token t given tokens before it."""
         hidden, _ = self.lstm(self.embedding(self.inputs_for(tokens)))
-        return self.output(hidden)
+        return linear(hidden, self.output.weight, self.output.bias)
 
     def log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """log G(tokens[:, t] | tokens[:, :t]) for every t: [B, T]."""
@@ -135,7 +135,7 @@ class Generator(nn.Module):
             hs.append(state[0][0])
             cs.append(state[1][0])
         h, c = torch.stack(hs), torch.stack(cs)
-        return self.output(h).transpose(0, 1), h, c
+        return linear(h, self.output.weight, self.output.bias).transpose(0, 1), h, c
 
     @torch.no_grad()
     def sample(self, num: int, seq_len: int, temperature: float = 1.0, prefix: torch.Tensor | None = None,

@@ -575,7 +575,8 @@ def test_cpu_fast_paths_give_what_the_plain_layers_give(rows, monkeypatch):
         with torch.no_grad():
             embedded = D.embedding(tokens)
             return [D(tokens), D.pooled_conv(D.convs[1], embedded[:, 4:]),  # a view that starts mid-sequence
-                    *(kernels.linear(x, weight, bias, a) for a in ("none", "relu", "sigmoid"))]
+                    *(kernels.linear(x, weight, bias, a) for a in ("none", "relu", "sigmoid")),
+                    kernels.linear(x.view(rows, 1, 9).expand(rows, 3, 9), weight, bias, "relu")]  # [..., in]
 
     fast = outputs()
     monkeypatch.setattr(kernels, "USE_ONEDNN", False)
