@@ -1,0 +1,25 @@
+"""The engine benchmark still runs (small sizes) and prints one row of figures per piece."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_engine_quick_prints_a_row_per_piece():
+    done = subprocess.run([sys.executable, "benchmarks/bench_engine.py", "--quick", "--skip-naive",
+                           "--pieces", "g", "sample"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"matmul rate .*torch\.mm \d+\.\d GFLOP/s", done.stdout)
+    rows = {line.split("  ")[0]: line for line in done.stdout.splitlines() if line.startswith(("adversarial", "sample"))}
+    assert set(rows) == {"adversarial G step (N=4)", "sample 640"}, done.stdout
+    for line in rows.values():  # ours, plain, naive ("-"), vs plain, vs naive ("-"), GFLOP, floor, ours/floor
+        cells = line.split()[-8:]
+        assert float(cells[0]) > 0 and float(cells[1]) > 0 and cells[2] == "-", line
+        assert cells[7].endswith("x") and float(cells[7][:-1]) > 0, line
