@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_bundle
-from .metrics import BleuScorer
+from .metrics import BleuScorer, mean_sd, over_seeds
 from .corpus import write_token_file
 from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator, random_oracle, save_oracle
 from .runs import RunDir
@@ -175,8 +175,7 @@ def summarize(summaries: list[dict]) -> dict:
             table[model] = {}
             for metric in ("nll_oracle", "nll_test"):
                 values = [r[metric] for r in rows]
-                table[model][metric] = {"mean": statistics.fmean(values), "values": values,
-                                        "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+                table[model][metric] = over_seeds(values)
     return table
 
 
@@ -187,7 +186,7 @@ def markdown_table(table: dict, preset: str, seeds: list[int]) -> str:
              "", "| Model | NLL-oracle | NLL-test | paper NLL-oracle |", "|---|---|---|---|"]
     for model, row in table.items():
         o, t = row["nll_oracle"], row["nll_test"]
-        lines.append(f"| {model} | {o['mean']:.3f} ± {o['sd']:.3f} | {t['mean']:.3f} ± {t['sd']:.3f} "
+        lines.append(f"| {model} | {mean_sd(o)} | {mean_sd(t)} "
                      f"| {PAPER_TABLE1[model]:.3f} |")
     if "MLE" in table and "SeqGAN" in table:
         gap = [m - s for m, s in zip(table["MLE"]["nll_oracle"]["values"], table["SeqGAN"]["nll_oracle"]["values"])]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+import statistics
 from collections import Counter
 from typing import Hashable, Iterable, Sequence
 
@@ -268,3 +269,17 @@ def diversity(sequences: Sequence[Sequence[Hashable]], self_bleu_samples: int = 
     of all of them: the two diversity figures every evaluation reports."""
     kept = [s for s in sequences[:self_bleu_samples] if len(s)]
     return {"self_bleu4": self_bleu(kept, 4) if len(kept) >= 2 else 0.0, "distinct2": distinct_n(sequences, 2)}
+
+
+def over_seeds(values: Sequence[float]) -> dict:
+    """A figure over seeds: mean, sample standard deviation (0 for one seed) and the values themselves."""
+    values = list(values)
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def mean_sd(cell: dict, digits: int = 3) -> str:
+    """An ``over_seeds`` figure as text: 'mean ± sd', or the value alone when there was one seed."""
+    if len(cell.get("values", ())) == 1:
+        return f"{cell['mean']:.{digits}f}"
+    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"

@@ -15,7 +15,6 @@ pipeline in a few minutes and proves nothing.
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from .corpus import (SampleScorer, corpus_evaluator, load_corpus, read_token_fil
                      tokenizer_from_bytes)
 from .errors import SeqGANError
 from .experiments import QUARTER_D
+from .metrics import mean_sd, over_seeds
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device
 
@@ -156,8 +156,7 @@ def summarize(results: list[dict]) -> dict:
         for metric in METRICS:
             values = [r["final"][model][metric] for r in results if metric in r["final"][model]]
             if values:
-                table[model][metric] = {"mean": statistics.fmean(values), "values": values,
-                                        "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+                table[model][metric] = over_seeds(values)
     return table
 
 
@@ -172,7 +171,7 @@ def markdown_table(task: str, table: dict, results: list[dict]) -> str:
              "", "| Model | " + " | ".join(LABELS[m] for m in metrics) + " | paper |",
              "|---|" + "---|" * (len(metrics) + 1)]
     for model, row in table.items():
-        cells = [f"{row[m]['mean']:.4f} ± {row[m]['sd']:.4f}" if m in row else "–" for m in metrics]
+        cells = [mean_sd(row[m], 4) if m in row else "–" for m in metrics]
         published = ", ".join(f"{LABELS[k]} {v}" for k, v in paper.get(model, {}).items()) or "–"
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {published} |")
     main = TASKS[task]["main"]

@@ -35,7 +35,7 @@ import torch
 from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import read_token_file
 from .experiments import QUARTER_D, oracle_task
-from .metrics import diversity
+from .metrics import diversity, mean_sd, over_seeds
 from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device
@@ -129,11 +129,6 @@ def adversarial_curves(seed_dir: Path, variant: str) -> dict:
     return curves
 
 
-def _mean_sd(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
-
-
 def _band(series: list[list[tuple[int, float]]]):
     """Steps, means and sds over seeds of curves evaluated at the same steps (cut to the shortest)."""
     length = min(len(s) for s in series)
@@ -170,13 +165,13 @@ def stability_summary(out_dir: Path, seeds: list[int], variants: list[str], seq_
     for variant in variants:
         curves = [adversarial_curves(Path(out_dir) / f"L{seq_len}" / f"seed{s}", variant) for s in seeds]
         oracle = [[v for _, v in c["nll_oracle"]] for c in curves]
-        row = {"nll_oracle": _mean_sd([o[-1] for o in oracle]),
-               "best": _mean_sd([min(o) for o in oracle]),
-               "rise": _mean_sd([o[-1] - min(o) for o in oracle]),
-               "gain": _mean_sd([o[0] - o[-1] for o in oracle])}
+        row = {"nll_oracle": over_seeds([o[-1] for o in oracle]),
+               "best": over_seeds([min(o) for o in oracle]),
+               "rise": over_seeds([o[-1] - min(o) for o in oracle]),
+               "gain": over_seeds([o[0] - o[-1] for o in oracle])}
         for m in ("nll_test", "self_bleu4", "distinct2"):
             if all(m in c for c in curves):
-                row[m] = _mean_sd([c[m][-1][1] for c in curves])
+                row[m] = over_seeds([c[m][-1][1] for c in curves])
         summary[variant] = {"final": row, "curves": curves}
     return summary
 
@@ -200,21 +195,17 @@ def lengths_summary(out_dir: Path, seeds: list[int], lengths: list[int]) -> dict
                          "curves": curves})
         if not rows:
             continue
-        summary[length] = {key: _mean_sd([r[key] for r in rows])
+        summary[length] = {key: over_seeds([r[key] for r in rows])
                            for key in ("mle", "seqgan", "gap", "oracle", "share", "nll_test_mle", "nll_test_seqgan")}
         summary[length].update(seeds=done, curves=[r["curves"] for r in rows])
     return summary
-
-
-def _pm(cell: dict, digits: int = 3) -> str:
-    return f"{cell['mean']:.{digits}f} ± {cell['sd']:.{digits}f}"
 
 
 def temperature_summary(out_dir: Path, seeds: list[int], seq_len: int = PAPER_SEQ_LEN) -> list[dict]:
     """``temperature_curve`` of every seed, as mean ± sd per temperature."""
     curves = [temperature_curve(Path(out_dir) / f"L{seq_len}" / f"seed{s}") for s in seeds]
     return [{"temperature": points[0]["temperature"],
-             **{m: _mean_sd([p[m] for p in points]) for m in ("nll_oracle", "nll_test", "self_bleu4")}}
+             **{m: over_seeds([p[m] for p in points]) for m in ("nll_oracle", "nll_test", "self_bleu4")}}
             for points in zip(*curves)]
 
 
@@ -223,8 +214,8 @@ def temperature_markdown(rows: list[dict]) -> str:
              "other by sharpening alone.", "",
              "| MLE at temperature | NLL-oracle | NLL-test | Self-BLEU-4 |", "|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['temperature']:g} | {_pm(row['nll_oracle'])} | {_pm(row['nll_test'])} | "
-                     f"{_pm(row['self_bleu4'])} |")
+        lines.append(f"| {row['temperature']:g} | {mean_sd(row['nll_oracle'])} | {mean_sd(row['nll_test'])} | "
+                     f"{mean_sd(row['self_bleu4'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,8 +254,8 @@ def stability_markdown(summary: dict, preset: str, seeds: list[int]) -> str:
              "|---|---|---|---|---|---|---|"]
     for variant, entry in summary.items():
         f = entry["final"]
-        cells = [_pm(f["nll_oracle"]), _pm(f["gain"]), _pm(f["rise"])]
-        cells += [_pm(f[m]) if m in f else "–" for m in ("nll_test", "self_bleu4", "distinct2")]
+        cells = [mean_sd(f["nll_oracle"]), mean_sd(f["gain"]), mean_sd(f["rise"])]
+        cells += [mean_sd(f[m]) if m in f else "–" for m in ("nll_test", "self_bleu4", "distinct2")]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -275,8 +266,8 @@ def lengths_markdown(summary: dict, preset: str) -> str:
              "| Length | seeds | MLE | SeqGAN | gap MLE − SeqGAN | share of MLE's excess removed | oracle | "
              "NLL-test MLE → SeqGAN |", "|---|---|---|---|---|---|---|---|"]
     for length, row in summary.items():
-        lines.append(f"| {length} | {', '.join(map(str, row['seeds']))} | {_pm(row['mle'])} | {_pm(row['seqgan'])} | "
-                     f"{_pm(row['gap'])} | {_pm(row['share'], 2)} | {row['oracle']['mean']:.3f} | "
+        lines.append(f"| {length} | {', '.join(map(str, row['seeds']))} | {mean_sd(row['mle'])} | {mean_sd(row['seqgan'])} | "
+                     f"{mean_sd(row['gap'])} | {mean_sd(row['share'], 2)} | {row['oracle']['mean']:.3f} | "
                      f"{row['nll_test_mle']['mean']:.3f} → {row['nll_test_seqgan']['mean']:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -143,3 +143,10 @@ def test_bad_input_raises_clear_errors():
         BleuScorer([[1, 2]], max_n=2).sentence([1, 2], n=3)
     with pytest.raises(ValueError, match="positive integer"):
         distinct_n([[1, 2]], 0)
+
+
+def test_figures_over_seeds_show_the_spread_only_when_there_is_one():
+    from seqgan.metrics import mean_sd, over_seeds
+
+    assert mean_sd(over_seeds([1.0, 2.0])) == "1.500 ± 0.707"
+    assert mean_sd(over_seeds([0.61234]), 4) == "0.6123"

@@ -222,7 +222,7 @@ def test_oracle_experiment_writes_table1_and_figure2(tiny_experiment):
     markdown = (out / "table1.md").read_text()
     for model in MODELS:
         o, t = table[model]["nll_oracle"]["mean"], table[model]["nll_test"]["mean"]
-        assert f"| {model} | {o:.3f} ± 0.000 | {t:.3f} ± 0.000 |" in markdown
+        assert f"| {model} | {o:.3f} | {t:.3f} |" in markdown  # one seed: no spread to show
     png = (out / "figure2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
 
