@@ -212,6 +212,14 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(parameters, lr=lr)
 
 
+def _with_implementation_of(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """A saved optimizer state whose groups use ``optimizer``'s implementation (fused or not, chosen for this
+    machine by ``adam``) rather than the one of the machine that saved it; the numbers are the same."""
+    groups = [{**saved, **{k: mine[k] for k in ("fused", "foreach") if k in mine}}
+              for saved, mine in zip(state["param_groups"], optimizer.param_groups)]
+    return {**state, "param_groups": groups}
+
+
 def critic_loss(D: Discriminator, tokens: torch.Tensor, labels: torch.Tensor, gp_weight: float):
     """The Wasserstein critic's loss on a batch of real (label 1) and generated (label 0) sequences, and its
     logits: mean score(generated) - mean score(real) + gp_weight * (|grad score| - 1)^2 at random interpolations
@@ -317,7 +325,7 @@ class Trainer:
         self.unit = bundle["position"]["unit"] if position is None else position
         if not weights_only:
             for name, opt in self.optimizers.items():
-                opt.load_state_dict(bundle["optimizers"][name])
+                opt.load_state_dict(_with_implementation_of(opt, bundle["optimizers"][name]))
             if self.shared_rng is None:
                 torch.set_rng_state(bundle["rng"]["torch"])
                 if self.device.type == "cuda" and "cuda" in bundle["rng"]:

@@ -420,6 +420,34 @@ def test_stop_and_resume_is_exactly_an_uninterrupted_run(tmp_path):
     assert RunDir(run_dir).read_json(RunDir(run_dir).status)["state"] == "finished"
 
 
+def test_a_checkpoint_from_another_optimizer_implementation_resumes_with_this_machines(tmp_path):
+    """A bundle written with the unfused Adam (another machine or an older version) resumes with the
+    implementation ``train.adam`` chose here, and the same numbers as an uninterrupted unfused run."""
+    config = tiny_config(mle_epochs=3, d_pretrain_rounds=0, adv_iters=0)
+    train, _, evaluate = tiny_task(config)
+
+    def unfused_trainer(name, callback=None):
+        trainer = Trainer(config, train, tmp_path / name, evaluate, callback)
+        trainer.optimizers = {key: torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.param_groups[0]["lr"])
+                              for key, opt in trainer.optimizers.items()}  # as saved elsewhere
+        return trainer
+
+    reference = unfused_trainer("reference")
+    assert reference.run() == "finished"
+    first = unfused_trainer("run", lambda event: event["unit"] == 1 and first.request_stop())
+    assert first.run() == "stopped"
+    bundle = load_bundle(RunDir(tmp_path / "run").checkpoint("latest"))
+    assert all(not g.get("fused") for g in bundle["optimizers"]["mle"]["param_groups"])
+
+    resumed = Trainer(config, train, tmp_path / "run", evaluate)
+    chosen = resumed.optimizers["mle"].param_groups[0].get("fused")
+    resumed.restore(bundle)
+    assert resumed.optimizers["mle"].param_groups[0].get("fused") == chosen
+    assert resumed.run() == "finished"
+    for a, b in zip(resumed.generator.parameters(), reference.generator.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_resume_from_an_earlier_checkpoint_drops_later_events_and_repeats_them_exactly(tmp_path):
     config = tiny_config(mle_epochs=2, d_pretrain_rounds=1, adv_iters=2, eval_every=1)
     train, _, evaluate = tiny_task(config, seed=13)
