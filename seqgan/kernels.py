@@ -37,6 +37,11 @@ def onednn_applies(x: torch.Tensor) -> bool:
     return USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_linear_works()
 
 
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will record an operation on these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _onednn_linear(x, weight, bias, activation="none"):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
 
@@ -75,7 +80,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     """
     if onednn_applies(x):
         rows = x.reshape(-1, x.shape[-1])
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        if needs_grad(x, weight, bias):
             y = _OneDNNLinear.apply(rows, weight, bias, activation)
         else:
             y = _onednn_linear(rows, weight, bias, activation)

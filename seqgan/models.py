@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels import LinearCrossEntropy, linear, onednn_applies, pooled_windows
+from .kernels import LinearCrossEntropy, linear, needs_grad, onednn_applies, pooled_windows
 
 PAPER_FILTER_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20)
 PAPER_NUM_FILTERS = (100, 200, 200, 200, 200, 100, 100, 100, 100, 100, 160, 160)
@@ -86,6 +86,10 @@ class Generator(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits [B, T, V]: row t scores token t given tokens before it."""
         hidden, _ = self.lstm(self.embedding(self.inputs_for(tokens)))
+        return self.logits(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output layer on LSTM outputs [..., H]: [..., V] (through ``kernels.linear``)."""
         return linear(hidden, self.output.weight, self.output.bias)
 
     def log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -118,8 +122,7 @@ class Generator(nn.Module):
         Chunks keep the [rows, V] logits in cache instead of allocating hundreds of MB per step (256 rows
         measured fastest at V = 5,000).
         """
-        return torch.cat([sample_from_logits(linear(hidden[i:i + chunk], self.output.weight, self.output.bias),
-                                             temperature, generator)
+        return torch.cat([sample_from_logits(self.logits(hidden[i:i + chunk]), temperature, generator)
                           for i in range(0, len(hidden), chunk)])
 
     def prefix_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,7 +138,7 @@ class Generator(nn.Module):
             hs.append(state[0][0])
             cs.append(state[1][0])
         h, c = torch.stack(hs), torch.stack(cs)
-        return linear(h, self.output.weight, self.output.bias).transpose(0, 1), h, c
+        return self.logits(h).transpose(0, 1), h, c
 
     @torch.no_grad()
     def sample(self, num: int, seq_len: int, temperature: float = 1.0, prefix: torch.Tensor | None = None,
@@ -224,8 +227,8 @@ class Discriminator(nn.Module):
         benchmark CPU, depending on the width.
         """
         maps, emb, width = conv.weight.shape
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, conv.weight, conv.bias))
-        if needs_grad or not (onednn_applies(x) and x.stride(2) == 1 and x.stride(1) == emb):
+        im2col = onednn_applies(x) and x.stride(2) == 1 and x.stride(1) == emb
+        if needs_grad(x, conv.weight, conv.bias) or not im2col:
             return F.relu(conv(x.transpose(1, 2))).amax(dim=2)
         weight = conv.weight.transpose(1, 2).reshape(maps, width * emb)  # window layout: position-major
         return torch.cat([pooled_windows(x[i:i + rows_per_chunk], weight, conv.bias, width)

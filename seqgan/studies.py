@@ -266,8 +266,9 @@ def lengths_markdown(summary: dict, preset: str) -> str:
              "| Length | seeds | MLE | SeqGAN | gap MLE − SeqGAN | share of MLE's excess removed | oracle | "
              "NLL-test MLE → SeqGAN |", "|---|---|---|---|---|---|---|---|"]
     for length, row in summary.items():
-        lines.append(f"| {length} | {', '.join(map(str, row['seeds']))} | {mean_sd(row['mle'])} | {mean_sd(row['seqgan'])} | "
-                     f"{mean_sd(row['gap'])} | {mean_sd(row['share'], 2)} | {row['oracle']['mean']:.3f} | "
+        lines.append(f"| {length} | {', '.join(map(str, row['seeds']))} | {mean_sd(row['mle'])} | "
+                     f"{mean_sd(row['seqgan'])} | {mean_sd(row['gap'])} | {mean_sd(row['share'], 2)} | "
+                     f"{row['oracle']['mean']:.3f} | "
                      f"{row['nll_test_mle']['mean']:.3f} → {row['nll_test_seqgan']['mean']:.3f} |")
     return "\n".join(lines) + "\n"
 

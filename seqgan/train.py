@@ -44,7 +44,7 @@ from .checkpoint import FORMAT, save_bundle, tokenizer_tensor
 from .corpus import write_token_file
 from .distributed import SINGLE, DistContext, Objective
 from .errors import ConfigError
-from .kernels import linear, plain_kernels
+from .kernels import plain_kernels
 from .models import PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, sample_from_logits
 from .rollout import RewardFn, discriminator_reward, rollout_rewards
 from .runs import RunDir
@@ -187,7 +187,7 @@ def scheduled_sampling_nll(G: Generator, tokens: torch.Tensor, own_prob: float) 
     state, losses = None, []
     for t in range(tokens.shape[1]):
         hidden, state = G.step(token, state)
-        logits = linear(hidden, G.output.weight, G.output.bias)
+        logits = G.logits(hidden)
         losses.append(F.cross_entropy(logits, tokens[:, t]))
         own = sample_from_logits(logits.detach())
         use_own = torch.rand(len(token), device=token.device) < own_prob
