@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, nargs="+", default=[1])
     run.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     run.add_argument("--oracle-params", help="the paper's oracle (target_params.pkl); default: random per seed")
-    run.add_argument("--out", help="output folder (default results/oracle-PRESET)")
+    run.add_argument("--out", help="output folder (default results/oracle-PRESET); finished runs there are kept, "
+                                   "unfinished ones resume")
     add_config_options(run)
     run.set_defaults(func=cmd_oracle_run)
     table = osub.add_parser("table", help="rebuild Table 1 and Figure 2 from seeds already run into --out")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from .metrics import BleuScorer, mean_sd, over_seeds
 from .corpus import write_token_file
 from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator, random_oracle, save_oracle
 from .runs import RunDir
-from .train import TrainConfig, Trainer, resolve_device
+from .train import TrainConfig, Trainer, resolve_device, run_to_end
 
 MODELS = ("Random", "MLE", "SS", "PG-BLEU", "SeqGAN")
 PAPER_TABLE1 = {"Random": 10.310, "MLE": 9.038, "SS": 8.985, "PG-BLEU": 8.946, "SeqGAN": 8.736}
@@ -112,28 +111,27 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
                     f"nll_oracle={event['nll_oracle']:.4f} nll_test={event['nll_test']:.4f}")
         return callback
 
-    started = time.time()
-    seqgan_dir = RunDir(out_dir / RUN_DIRS["SeqGAN"])
-    seqgan_config = config if "SeqGAN" in models else replace(config, d_pretrain_rounds=0, adv_iters=0)
-    Trainer(seqgan_config, train, seqgan_dir, evaluator, progress("SeqGAN"), kind="oracle",
-            extra={"oracle": "../oracle.pt"}).run()
-    log(f"[seed {seed}] MLE and SeqGAN done in {time.time() - started:.0f} s")
+    def train_model(name, config, begin=None, **kwargs):
+        run = RunDir(out_dir / RUN_DIRS[name])
+        trainer = Trainer(config, train, run, evaluator, progress(name), kind="oracle",
+                          extra={"oracle": "../oracle.pt"}, **kwargs)
+        run_to_end(trainer, begin, log, f"[seed {seed}] {name}")
+        seconds = sum(event.get("seconds", 0.0) for event in run.events())
+        log(f"[seed {seed}] {name} done: {seconds:.0f} s of training")
+        return seconds
 
+    seconds = train_model("SeqGAN", config if "SeqGAN" in models else replace(config, d_pretrain_rounds=0, adv_iters=0))
     if "PG-BLEU" in models:
-        pg_config = replace(config, reward="bleu")
-        trainer = Trainer(pg_config, train, RunDir(out_dir / RUN_DIRS["PG-BLEU"]), evaluator, progress("PG-BLEU"),
-                          reward_fn=bleu_reward(train, pg_config.bleu_n), kind="oracle")
-        trainer.restore(load_bundle(seqgan_dir.checkpoint("mle")), position=config.mle_epochs, weights_only=True)
-        trainer.run()
-        log(f"[seed {seed}] PG-BLEU done at {time.time() - started:.0f} s")
-
+        mle = load_bundle(RunDir(out_dir / RUN_DIRS["SeqGAN"]).checkpoint("mle"))
+        seconds += train_model("PG-BLEU", replace(config, reward="bleu"),
+                         lambda t: t.restore(mle, position=config.mle_epochs, weights_only=True),
+                         reward_fn=bleu_reward(train, config.bleu_n))
     if "SS" in models:
-        ss_config = replace(config, scheduled_sampling=SS_FINAL_OWN_TOKEN_PROB, d_pretrain_rounds=0, adv_iters=0)
-        Trainer(ss_config, train, RunDir(out_dir / RUN_DIRS["SS"]), evaluator, progress("SS"), kind="oracle").run()
-        log(f"[seed {seed}] SS done at {time.time() - started:.0f} s")
+        seconds += train_model("SS", replace(config, scheduled_sampling=SS_FINAL_OWN_TOKEN_PROB, d_pretrain_rounds=0,
+                                       adv_iters=0))
 
     meta = {"seed": seed, "preset": preset, "config": config.to_dict(), "models": list(models),
-            "oracle_self_nll": nll_under(oracle, heldout), "seconds": time.time() - started}
+            "oracle_self_nll": nll_under(oracle, heldout), "seconds": seconds}
     (out_dir / "seed.json").write_text(json.dumps(meta, indent=1))
     return seed_summary(out_dir)
 

@@ -38,7 +38,7 @@ from .experiments import QUARTER_D, oracle_task
 from .metrics import diversity, mean_sd, over_seeds
 from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator
 from .runs import RunDir
-from .train import TrainConfig, Trainer, resolve_device
+from .train import TrainConfig, Trainer, resolve_device, run_to_end
 
 VARIANTS = {
     "plain": {},
@@ -76,17 +76,10 @@ def _finished(run: RunDir) -> bool:
 
 def _train(config: TrainConfig, data, run: RunDir, evaluator, start: RunDir | None, log, label: str) -> None:
     """Run ``config`` into ``run``: skip if finished, resume if begun, else continue from ``start``'s last state."""
-    if _finished(run):
-        return
     trainer = Trainer(config, data, run, evaluator, kind="oracle", extra={"oracle": "../oracle.pt"})
-    if run.checkpoint("latest").exists():
-        trainer.restore(load_bundle(run.checkpoint("latest")))
-    elif start is not None:
-        trainer.restore(load_bundle(start.checkpoint("latest")))  # everything: the branch continues exactly
-    else:
-        run.truncate_events(-1)  # a start that died before its first checkpoint leaves no events behind
-    log(f"{label}: units {trainer.unit}..{len(trainer.schedule)}")
-    trainer.run()
+    # from ``start``, everything: the branch continues exactly
+    run_to_end(trainer, None if start is None else lambda t: t.restore(load_bundle(start.checkpoint("latest"))),
+               log, label)
 
 
 def run_seed(study: str, preset: str, seed: int, seq_len: int, variants: list[str], out_dir: Path,

@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import FORMAT, save_bundle, tokenizer_tensor
+from .checkpoint import FORMAT, load_bundle, save_bundle, tokenizer_tensor
 from .corpus import write_token_file
 from .distributed import SINGLE, DistContext, Objective
 from .errors import ConfigError
@@ -529,3 +529,34 @@ class Trainer:
         self._status("finished")
         self.dist.barrier()  # the other ranks wait for rank 0's last checkpoint
         return "finished"
+
+
+def run_to_end(trainer: Trainer, begin: Callable[[Trainer], None] | None = None,
+               log: Callable[[str], None] | None = None, label: str = "") -> str:
+    """Train into ``trainer.run_dir`` to the end of its schedule, picking up an earlier attempt there.
+
+    Finished before: nothing to do. Begun (it has ``latest.pt``): continue from that checkpoint. Either way the
+    run there must have the same configuration (a clear error otherwise). New: ``begin(trainer)`` first when
+    given (to branch off another run's state), then the whole schedule. The experiments and studies run every model through this, so that an interrupted
+    experiment, run again with the same output folder, keeps what finished and resumes the rest.
+    """
+    run = trainer.run_dir
+    latest = run.checkpoint("latest")
+    bundle = load_bundle(latest) if latest.exists() else None
+    if bundle is not None:
+        ours, theirs = trainer.config.to_dict(), TrainConfig.from_dict(bundle["config"]).to_dict()
+        differ = sorted(k for k in ours.keys() | theirs.keys() if k != "device" and ours.get(k) != theirs.get(k))
+        if differ:
+            raise ConfigError(f"{run.path} holds a run with other settings ({', '.join(differ)}); "
+                              f"use another output folder or remove it")
+    if (run.read_status() or {}).get("state") == "finished":
+        return "finished"
+    if bundle is not None:
+        trainer.restore(bundle)
+    else:
+        run.truncate_events(-1)  # an attempt that died before its first checkpoint leaves no events behind
+        if begin is not None:
+            begin(trainer)
+    if log is not None:
+        log(f"{label}: units {trainer.unit}..{len(trainer.schedule)}")
+    return trainer.run()

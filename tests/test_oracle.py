@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqgan.errors import InputError
+from seqgan.errors import ConfigError, InputError
 from seqgan.experiments import MODELS, run_oracle_experiment, seed_summary
 from seqgan.corpus import read_token_file, write_token_file
 from seqgan.oracle import (ARRAY_NAMES, load_oracle, load_oracle_arrays, nll_under, oracle_arrays, random_oracle,
@@ -198,13 +198,15 @@ def test_bad_token_files_are_input_errors_naming_the_file(tmp_path, content, pro
 
 
 # ----- 9. the Table 1 experiment on a tiny schedule -------------------------------------------------------------
+TINY = dict(device="cpu", num_train=128, batch_size=32, mle_epochs=2, d_pretrain_rounds=1, d_epochs=1, adv_iters=2,
+            d_steps=1, eval_every=1, eval_samples=64, rollouts=2, num_negatives=64, d_filter_sizes=[2, 3],
+            d_num_filters=[4, 4], checkpoint_seconds=0)
+
+
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory):
     out, logs = tmp_path_factory.mktemp("oracle_experiment"), []
-    table = run_oracle_experiment(
-        "cpu", [1], out, device="cpu", log=logs.append, num_train=128, batch_size=32, mle_epochs=2,
-        d_pretrain_rounds=1, d_epochs=1, adv_iters=2, d_steps=1, eval_every=1, eval_samples=64, rollouts=2,
-        num_negatives=64, d_filter_sizes=[2, 3], d_num_filters=[4, 4])
+    table = run_oracle_experiment("cpu", [1], out, log=logs.append, **TINY)
     return out, table, logs
 
 
@@ -244,6 +246,37 @@ def test_figure2_puts_seqgan_and_pg_bleu_on_the_same_axis(tiny_experiment):
     curves = seed_summary(out / "seed1")["curves"]
     assert [p[0] for p in curves["PG-BLEU"]] == [3, 4]
     assert [p[0] for p in curves["SeqGAN"]] == [2, 3, 4]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_experiment_run_again_resumes_and_ends_as_one_never_interrupted(tiny_experiment, tmp_path):
+    """Stopped in SeqGAN's adversarial phase (after a checkpoint), then run again into the same folder: SeqGAN
+    resumes from its latest checkpoint, PG-BLEU and SS run, and every figure equals the uninterrupted run's."""
+    _, table, _ = tiny_experiment
+
+    def log_until_adversarial(line):
+        if "SeqGAN  adversarial" in line:
+            raise Interrupted(line)
+
+    with pytest.raises(Interrupted):
+        run_oracle_experiment("cpu", [1], tmp_path, log=log_until_adversarial, **TINY)
+    assert not (tmp_path / "seed1" / "pg_bleu").exists()
+    logs = []
+    assert run_oracle_experiment("cpu", [1], tmp_path, log=logs.append, **TINY) == table
+    assert "[seed 1] SeqGAN: units 3..5" in logs  # 2 MLE epochs and 1 D round were kept
+
+    # Again: everything finished is kept, nothing is trained.
+    events = (tmp_path / "seed1" / "seqgan" / "metrics.jsonl").read_text()
+    logs.clear()
+    assert run_oracle_experiment("cpu", [1], tmp_path, log=logs.append, **TINY) == table
+    assert not any("units" in line for line in logs)
+    assert (tmp_path / "seed1" / "seqgan" / "metrics.jsonl").read_text() == events
+
+    with pytest.raises(ConfigError, match=r"seqgan holds a run with other settings \(adv_iters\)"):
+        run_oracle_experiment("cpu", [1], tmp_path, log=logs.append, **{**TINY, "adv_iters": 3})
 
 
 @pytest.mark.parametrize("protocol", [2, 4])
