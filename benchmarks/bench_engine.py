@@ -107,9 +107,10 @@ class Conv2dDiscriminator(nn.Module):
         return self.d.output(self.d.dropout(self.d.highway(torch.cat(pooled, 1))))
 
 
-def d_epoch(model, tokens, labels, optimizer, batch=64):
+def d_epoch(model, tokens, labels, optimizer, batch=64, bf16=False):
     for i in range(0, len(tokens) - batch + 1, batch):
-        logits = model(tokens[i:i + batch])
+        with torch.autocast(tokens.device.type, torch.bfloat16, enabled=bf16):  # as Trainer.d_precision
+            logits = model(tokens[i:i + batch]).float()
         loss = F.cross_entropy(logits, labels[i:i + batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,6 +156,8 @@ def main():
     parser.add_argument("--skip-naive", action="store_true", help="only our code (the reference is slow)")
     parser.add_argument("--pieces", nargs="+", default=["g", "d", "sample", "mle"],
                         choices=["g", "d", "sample", "mle"], help="which figures to measure")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time the G step and D epoch with the discriminator in bf16 (d_precision=bf16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -195,9 +198,9 @@ def main():
         print(f"{name:28s} " + " ".join(cells), flush=True)
 
     # adversarial generator step
-    def g_step(rollout):
+    def g_step(rollout, bf16=False):
         def make():
-            reward, g_opt = discriminator_reward(D), train.adam(G.parameters(), lr=0.01)
+            reward, g_opt = discriminator_reward(D, bf16=bf16), train.adam(G.parameters(), lr=0.01)
 
             def step():
                 samples = G.sample(B, T)
@@ -228,10 +231,10 @@ def main():
     tokens, labels = tokens[order], labels[order]
     D.train()
 
-    def d_epoch_of(model):
+    def d_epoch_of(model, bf16=False):
         def make():
             d_opt = train.adam(D.parameters(), lr=1e-4)
-            return lambda: d_epoch(model, tokens, labels, d_opt)
+            return lambda: d_epoch(model, tokens, labels, d_opt, bf16=bf16)
         return make
 
     if "d" in args.pieces:
@@ -262,6 +265,19 @@ def main():
 
     if "mle" in args.pieces:
         measure(f"MLE epoch ({len(data)} seqs)", mle_epoch, 3 * len(data) * T * step_flops, naive_mle)
+
+    if args.bf16:
+        a, b = (torch.randn(2048, 2048, device=device, dtype=torch.bfloat16) for _ in range(2))
+        bf16_rate = 2 * 2048 ** 3 / timed(lambda: a @ b, device, 5 if device.type == "cpu" else 50)
+        print(f"\nDiscriminator in bf16 (d_precision=bf16; G stays fp32), against ours in fp32 in this process; "
+              f"bf16 matmul rate {bf16_rate / 1e9:.1f} GFLOP/s")
+        print(f"{'piece':28s} {'fp32 s':>8s} {'bf16 s':>8s} {'speed-up':>8s}")
+        rows = [("g", f"adversarial G step (N={N})", g_step(rollout_rewards), g_step(rollout_rewards, bf16=True)),
+                ("d", f"D epoch ({2 * n_real} seqs)", d_epoch_of(D), d_epoch_of(D, bf16=True))]
+        for piece, name, fp32_piece, bf16_piece in rows:
+            if piece in args.pieces:
+                fp32, bf16 = timed(fp32_piece(), device), timed(bf16_piece(), device)
+                print(f"{name:28s} {fp32:8.2f} {bf16:8.2f} {fp32 / bf16:7.2f}x", flush=True)
 
 
 if __name__ == "__main__":

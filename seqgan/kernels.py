@@ -34,7 +34,8 @@ def _onednn_linear_works() -> bool:
 
 
 def onednn_applies(x: torch.Tensor) -> bool:
-    return USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_linear_works()
+    return (USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_linear_works()
+            and not torch.is_autocast_enabled("cpu"))  # under bf16 autocast torch's own layers run in bf16
 
 
 def needs_grad(*tensors: torch.Tensor | None) -> bool:

@@ -243,7 +243,9 @@ class Discriminator(nn.Module):
 
     @staticmethod
     def reward_of(logits: torch.Tensor, critic: bool = False) -> torch.Tensor:
-        """The reward from class logits [B, 2]: P(real), or for a critic the score logit(real) - logit(fake)."""
+        """The reward from class logits [B, 2]: P(real), or for a critic the score logit(real) - logit(fake).
+        In fp32 also when D ran in bf16."""
+        logits = logits.float()
         return logits[:, 1] - logits[:, 0] if critic else F.softmax(logits, dim=1)[:, 1]
 
     def prob_real_completions(self, completions: torch.Tensor, sequences: torch.Tensor,

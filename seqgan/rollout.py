@@ -103,16 +103,18 @@ class DiscriminatorReward:
     """D(Y) = probability of 'real', the reward SeqGAN uses (dropout off, as the original feeds keep=1.0);
     with ``critic``, the Wasserstein critic's score instead."""
 
-    def __init__(self, discriminator, share_prefix_windows: bool = True, critic: bool = False):
+    def __init__(self, discriminator, share_prefix_windows: bool = True, critic: bool = False, bf16: bool = False):
         self.discriminator = discriminator
         self.share_prefix_windows = share_prefix_windows
         self.critic = critic
+        self.bf16 = bf16  # D under bfloat16 autocast (TrainConfig.d_precision); rewards are fp32 (reward_of)
 
     def _eval(self, fn):
         was_training = self.discriminator.training
         self.discriminator.eval()
+        device = next(self.discriminator.parameters()).device.type
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=self.bf16):
                 return fn()
         finally:
             self.discriminator.train(was_training)
@@ -128,5 +130,5 @@ class DiscriminatorReward:
         return self._eval(lambda: self.discriminator.prob_real_completions(completions, sequences, self.critic))
 
 
-def discriminator_reward(discriminator, share_prefix_windows: bool = True, critic: bool = False):
-    return DiscriminatorReward(discriminator, share_prefix_windows, critic)
+def discriminator_reward(discriminator, share_prefix_windows: bool = True, critic: bool = False, bf16: bool = False):
+    return DiscriminatorReward(discriminator, share_prefix_windows, critic, bf16)

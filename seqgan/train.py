@@ -20,7 +20,9 @@ Options beyond the paper, all off by default (``TrainConfig``): a reward baselin
 normalisation (``reward_norm="std"``: at each time step, rewards minus their batch mean, divided by their batch
 standard deviation), and a Wasserstein-style critic in place of the classifier (``critic="wasserstein"``: D is
 trained to score real sequences above generated ones with a gradient penalty on interpolated embeddings, WGAN-GP
-(Gulrajani et al. 2017), and its unbounded score is the reward instead of P(real)).
+(Gulrajani et al. 2017), and its unbounded score is the reward instead of P(real)). For speed,
+``d_precision="bf16"`` runs the discriminator (its training and the scoring of roll-outs) under bfloat16
+autocast with fp32 weights, optimizer, losses and rewards; the generator, and so what it samples, stays fp32.
 
 On several ranks (launched by torchrun; see distributed.py) the same schedule runs on every rank in lockstep:
 each MLE batch is split across ranks, each rank draws and trains the discriminator on its share of the
@@ -35,6 +37,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import torch
@@ -55,7 +58,9 @@ REWARDS = ("discriminator", "bleu")
 BASELINES = ("none", "mean")
 REWARD_NORMS = ("none", "std")
 CRITICS = ("classifier", "wasserstein")
-CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS}
+PRECISIONS = ("fp32", "bf16")
+CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS,
+           "d_precision": PRECISIONS}
 
 
 @dataclass
@@ -84,6 +89,7 @@ class TrainConfig:
     d_pretrain_rounds: int = 50
     d_epochs: int = 3
     num_negatives: int = 10000
+    d_precision: str = "fp32"  # "bf16": D trains and scores under bfloat16 autocast (G stays fp32)
     # adversarial training
     adv_iters: int = 200
     g_steps: int = 1
@@ -197,7 +203,7 @@ def scheduled_sampling_nll(G: Generator, tokens: torch.Tensor, own_prob: float) 
 
 def discriminator_loss(D: Discriminator, tokens: torch.Tensor, labels: torch.Tensor):
     """D's training loss on a batch, and its logits (for the accuracy)."""
-    logits = D(tokens)
+    logits = D(tokens).float()  # bf16 under d_precision="bf16": the loss is taken in fp32
     return D.loss(logits, labels), logits
 
 
@@ -224,7 +230,7 @@ def critic_loss(D: Discriminator, tokens: torch.Tensor, labels: torch.Tensor, gp
     """The Wasserstein critic's loss on a batch of real (label 1) and generated (label 0) sequences, and its
     logits: mean score(generated) - mean score(real) + gp_weight * (|grad score| - 1)^2 at random interpolations
     of paired real and generated embeddings (WGAN-GP), plus the original's L2 term on the output layer."""
-    logits = D(tokens)
+    logits = D(tokens).float()
     score = Discriminator.reward_of(logits, critic=True)
     real, fake = labels == 1, labels == 0
     loss = ((score * fake).sum() / fake.sum().clamp(min=1) - (score * real).sum() / real.sum().clamp(min=1)
@@ -291,7 +297,9 @@ class Trainer:
             "pg": adam(self.generator.parameters(), lr=c.pg_lr),
             "d": adam(self.discriminator.parameters(), lr=c.d_lr),
         }
-        self.reward_fn = reward_fn or discriminator_reward(self.discriminator, critic=c.critic == "wasserstein")
+        self.d_precision = partial(torch.autocast, self.device.type, torch.bfloat16, c.d_precision == "bf16")
+        self.reward_fn = reward_fn or discriminator_reward(self.discriminator, critic=c.critic == "wasserstein",
+                                                           bf16=c.d_precision == "bf16")
         # Losses that get a gradient are computed through these (under DDP on several ranks, see distributed.py).
         self.g_objective = dist.wrap(Objective(self.generator))
         self.d_objective = dist.wrap(Objective(self.discriminator))
@@ -405,12 +413,14 @@ class Trainer:
         score_sums = torch.zeros(2, 2, device=self.device)  # critic: [generated, real] x [sum of scores, count]
         for _ in range(c.d_epochs):
             for idx in self._batches(len(tokens), dist.per_rank(c.d_batch_size)):
+                with self.d_precision():
+                    if critic:
+                        loss, logits = self.d_objective(critic_loss, tokens[idx], labels[idx], c.gp_weight)
+                    else:
+                        loss, logits = self.d_objective(discriminator_loss, tokens[idx], labels[idx])
                 if critic:
-                    loss, logits = self.d_objective(critic_loss, tokens[idx], labels[idx], c.gp_weight)
                     scores = Discriminator.reward_of(logits.detach(), critic=True)
                     score_sums.index_add_(0, labels[idx], torch.stack([scores, torch.ones_like(scores)], dim=1))
-                else:
-                    loss, logits = self.d_objective(discriminator_loss, tokens[idx], labels[idx])
                 self._step(self.optimizers["d"], loss)  # the original trains D with plain Adam, no clipping
                 losses.append(loss.item())
                 correct += int((logits.argmax(1) == labels[idx]).sum())
@@ -537,8 +547,9 @@ def run_to_end(trainer: Trainer, begin: Callable[[Trainer], None] | None = None,
 
     Finished before: nothing to do. Begun (it has ``latest.pt``): continue from that checkpoint. Either way the
     run there must have the same configuration (a clear error otherwise). New: ``begin(trainer)`` first when
-    given (to branch off another run's state), then the whole schedule. The experiments and studies run every model through this, so that an interrupted
-    experiment, run again with the same output folder, keeps what finished and resumes the rest.
+    given (to branch off another run's state), then the whole schedule. The experiments and studies run every
+    model through this, so that an interrupted experiment, run again with the same output folder, keeps what
+    finished and resumes the rest.
     """
     run = trainer.run_dir
     latest = run.checkpoint("latest")

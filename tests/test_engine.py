@@ -489,6 +489,7 @@ def test_resume_from_an_earlier_checkpoint_drops_later_events_and_repeats_them_e
     (dict(rollouts=0), "rollouts"),
     (dict(checkpoint_seconds=-1.0), "checkpoint_seconds"),
     (dict(device="tpu"), "device"),
+    (dict(d_precision="fp16"), "d_precision"),
 ])
 def test_bad_configuration_values_name_the_option(overrides, option):
     config = tiny_config(**overrides)
@@ -709,8 +710,9 @@ def test_critic_rewards_of_completions_share_prefix_windows_exactly():
 
 
 @pytest.mark.parametrize("option", [dict(baseline="mean"), dict(reward_norm="std"),
-                                    dict(critic="wasserstein", baseline="mean")])
-def test_tiny_runs_with_each_stability_option(tmp_path, option):
+                                    dict(critic="wasserstein", baseline="mean"), dict(d_precision="bf16"),
+                                    dict(d_precision="bf16", critic="wasserstein")])
+def test_tiny_runs_with_each_option_beyond_the_paper(tmp_path, option):
     config = tiny_config(**option)
     train, _, evaluate = tiny_task(config)
     plain = Trainer(tiny_config(), train, tmp_path / "plain")
@@ -728,6 +730,31 @@ def test_tiny_runs_with_each_stability_option(tmp_path, option):
     assert state_equal(load_bundle(RunDir(tmp_path / "run").checkpoint("mle"))["generator"],
                        load_bundle(RunDir(tmp_path / "plain").checkpoint("mle"))["generator"])
     assert not state_equal(trainer.generator.state_dict(), plain.generator.state_dict())
+
+
+def test_a_bf16_discriminator_trains_and_scores_in_bf16_with_fp32_weights_and_rewards():
+    config = tiny_config(d_precision="bf16", d_emb_dim=16, d_num_filters=[24, 24])
+    train, _, _ = tiny_task(config)
+    trainer = Trainer(config, train)
+    D = trainer.discriminator
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, out: seen.append(out.dtype)) for m in (*D.convs, D.output)]
+    trainer.discriminator_round()
+    for hook in hooks:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # convolutions and output layer ran in bf16
+    assert all(p.dtype == torch.float32 for p in D.parameters())
+    assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.optimizers["d"].state.values())
+
+    sequences = trainer.generator.sample(8, config.seq_len)
+    completions = batched_rollout(trainer.generator, sequences, 3)
+    fp32_rewards = discriminator_reward(D)
+    for bf16, fp32 in [(trainer.reward_fn(sequences), fp32_rewards(sequences)),
+                       (trainer.reward_fn.score_completions(completions, sequences),
+                        fp32_rewards.score_completions(completions, sequences))]:
+        assert bf16.dtype == torch.float32
+        torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.02)  # bf16 keeps 8 bits of mantissa
+        assert not torch.equal(bf16, fp32)
 
 
 def test_stop_and_resume_with_the_critic_is_exactly_an_uninterrupted_run(tmp_path):
