@@ -120,15 +120,15 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
         log(f"[seed {seed}] {name} done: {seconds:.0f} s of training")
         return seconds
 
-    seconds = train_model("SeqGAN", config if "SeqGAN" in models else replace(config, d_pretrain_rounds=0, adv_iters=0))
+    mle_only = replace(config, d_pretrain_rounds=0, adv_iters=0)
+    seconds = train_model("SeqGAN", config if "SeqGAN" in models else mle_only)
     if "PG-BLEU" in models:
         mle = load_bundle(RunDir(out_dir / RUN_DIRS["SeqGAN"]).checkpoint("mle"))
         seconds += train_model("PG-BLEU", replace(config, reward="bleu"),
-                         lambda t: t.restore(mle, position=config.mle_epochs, weights_only=True),
-                         reward_fn=bleu_reward(train, config.bleu_n))
+                               lambda t: t.restore(mle, position=config.mle_epochs, weights_only=True),
+                               reward_fn=bleu_reward(train, config.bleu_n))
     if "SS" in models:
-        seconds += train_model("SS", replace(config, scheduled_sampling=SS_FINAL_OWN_TOKEN_PROB, d_pretrain_rounds=0,
-                                       adv_iters=0))
+        seconds += train_model("SS", replace(mle_only, scheduled_sampling=SS_FINAL_OWN_TOKEN_PROB))
 
     meta = {"seed": seed, "preset": preset, "config": config.to_dict(), "models": list(models),
             "oracle_self_nll": nll_under(oracle, heldout), "seconds": seconds}

@@ -75,9 +75,9 @@ def _finished(run: RunDir) -> bool:
 
 
 def _train(config: TrainConfig, data, run: RunDir, evaluator, start: RunDir | None, log, label: str) -> None:
-    """Run ``config`` into ``run``: skip if finished, resume if begun, else continue from ``start``'s last state."""
+    """Run ``config`` into ``run`` (``run_to_end``); a new run first takes all of ``start``'s last state, so that
+    the branch continues exactly."""
     trainer = Trainer(config, data, run, evaluator, kind="oracle", extra={"oracle": "../oracle.pt"})
-    # from ``start``, everything: the branch continues exactly
     run_to_end(trainer, None if start is None else lambda t: t.restore(load_bundle(start.checkpoint("latest"))),
                log, label)
 
