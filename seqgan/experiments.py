@@ -106,9 +106,11 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
 
     def progress(name):
         def callback(event):
+            where = f"[seed {seed}] {name:7s} {event['phase']:11s} {event['step']:4d}/{event['total']:<4d}"
             if "nll_oracle" in event:
-                log(f"[seed {seed}] {name:7s} {event['phase']:11s} {event['step']:4d}/{event['total']:<4d} "
-                    f"nll_oracle={event['nll_oracle']:.4f} nll_test={event['nll_test']:.4f}")
+                log(f"{where} nll_oracle={event['nll_oracle']:.4f} nll_test={event['nll_test']:.4f}")
+            elif event["phase"] == "d_pretrain":  # no evaluation of G in this phase, which can take an hour
+                log(f"{where} d_loss={event['d_loss']:.4f} d_acc={event['d_acc']:.4f} ({event['seconds']:.0f} s)")
         return callback
 
     def train_model(name, config, begin=None, **kwargs):

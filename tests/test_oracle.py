@@ -237,6 +237,7 @@ def test_oracle_experiment_writes_table1_and_figure2(tiny_experiment):
     assert curves["PG-BLEU"][-1][2] == table["PG-BLEU"]["nll_test"]["mean"]
     assert len(curves["SS"]) == 3
     assert any("PG-BLEU" in line for line in logs)
+    assert any("SeqGAN  d_pretrain     1/1" in line and "d_acc=" in line for line in logs)  # a silent phase no more
 
 
 def test_figure2_puts_seqgan_and_pg_bleu_on_the_same_axis(tiny_experiment):
