@@ -7,6 +7,7 @@ Errors about the user's input print one line naming the problem and exit with st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import SeqGANError
+from .errors import SeqGANError, Stopped
 
 
 def set_threads(threads: int | None) -> None:
@@ -246,12 +247,34 @@ def log_line(message: str) -> None:
     print(message, flush=True)
 
 
+@contextlib.contextmanager
+def stop_after_the_unit_on_signals():
+    """SIGTERM or Ctrl-C during a long command: the running model finishes its unit, saves latest.pt and the
+    command stops; run again, it resumes. A second Ctrl-C interrupts at once (nothing after the last save kept)."""
+    from .train import STOP
+
+    def request(signum, _frame):
+        STOP.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(f"{signal.Signals(signum).name}: stopping after the unit in progress (Ctrl-C again: at once)",
+              file=sys.stderr, flush=True)
+
+    saved = {signum: signal.signal(signum, request) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        STOP.clear()
+
+
 def cmd_oracle_run(args) -> int:
     from .experiments import run_oracle_experiment
 
     overrides, device, out = experiment_settings(args, f"results/oracle-{args.preset}")
-    run_oracle_experiment(args.preset, args.seeds, out, args.oracle_params, device, args.models, log=log_line,
-                          **overrides)
+    with stop_after_the_unit_on_signals():
+        run_oracle_experiment(args.preset, args.seeds, out, args.oracle_params, device, args.models, log=log_line,
+                              **overrides)
     print((out / "table1.md").read_text())
     print(f"written: {out}/table1.md, {out}/table1.json, {out}/figure2.png")
     return 0
@@ -303,7 +326,8 @@ def cmd_experiment(args) -> int:
     if not Path(source).exists():
         raise SeqGANError(f"{source}: the paper's corpus is not there; pass --corpus PATH")
     overrides, device, out = experiment_settings(args, f"results/{args.task}-{args.preset}")
-    run_experiment(args.task, args.preset, args.seeds, out, source, device, log=log_line, **overrides)
+    with stop_after_the_unit_on_signals():
+        run_experiment(args.task, args.preset, args.seeds, out, source, device, log=log_line, **overrides)
     print((out / "table.md").read_text())
     print(f"written: {out}/table.md, {out}/table.json")
     return 0
@@ -318,11 +342,13 @@ def cmd_study(args) -> int:
     elif args.report_only:
         studies.write_lengths_report(out, args.preset, args.seeds, args.lengths)
     elif args.study == "stability":
-        studies.run_stability(args.preset, args.seeds, out, args.variants, args.oracle_params, device, log_line,
-                              **overrides)
+        with stop_after_the_unit_on_signals():
+            studies.run_stability(args.preset, args.seeds, out, args.variants, args.oracle_params, device,
+                                  log_line, **overrides)
     else:
-        studies.run_lengths(args.preset, args.seeds, out, args.lengths, args.oracle_params, device, log_line,
-                            **overrides)
+        with stop_after_the_unit_on_signals():
+            studies.run_lengths(args.preset, args.seeds, out, args.lengths, args.oracle_params, device, log_line,
+                                **overrides)
     print((out / f"{args.study}.md").read_text())
     print(f"written: {out}/{args.study}.md, {out}/{args.study}.json, {out}/{args.study}.png")
     return 0
@@ -432,6 +458,9 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     try:
         return args.func(args)
+    except Stopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 1
     except SeqGANError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The one error type that reaches users: its message names the input and the problem."""
+"""The one error type that reaches users (its message names the input and the problem), and ``Stopped``."""
 
 
 class SeqGANError(Exception):
@@ -19,3 +19,8 @@ class InputError(SeqGANError):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+
+class Stopped(Exception):
+    """Training stopped on request (``train.STOP``: SIGTERM or Ctrl-C) before the end of its schedule, with its
+    latest.pt saved: the same command run again continues. Not an error; the message says where it stopped."""

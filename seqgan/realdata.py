@@ -23,7 +23,7 @@ import torch
 from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import (SampleScorer, corpus_evaluator, load_corpus, read_token_file, sequence_nll,
                      tokenizer_from_bytes)
-from .errors import SeqGANError
+from .errors import SeqGANError, Stopped
 from .experiments import QUARTER_D
 from .metrics import mean_sd, over_seeds
 from .runs import RunDir
@@ -105,8 +105,11 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
                     f"nll_test={event['nll_test']:.4f}")
 
         evaluator = corpus_evaluator(corpus.tokenizer, corpus.heldout, config.seq_len, config.eval_samples)
-        Trainer(config, corpus.train, run, evaluator, progress, kind=corpus.kind,
-                tokenizer=corpus.tokenizer.to_bytes(), extra={"task": task_info}).run()
+        state = Trainer(config, corpus.train, run, evaluator, progress, kind=corpus.kind,
+                        tokenizer=corpus.tokenizer.to_bytes(), extra={"task": task_info}).run()
+        if state == "stopped":
+            raise Stopped(f"{out_dir}, latest.pt saved; continue it with `seqgan train --resume --run-dir "
+                          f"{out_dir}`, then run this command again to score it")
         seconds = time.time() - started
     result = score_run(run, config, final_samples, seed)
     result.update(task=task, preset=preset, seconds=seconds)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,12 +47,15 @@ import torch.nn.functional as F
 from .checkpoint import FORMAT, load_bundle, save_bundle, tokenizer_tensor
 from .corpus import write_token_file
 from .distributed import SINGLE, DistContext, Objective
-from .errors import ConfigError
+from .errors import ConfigError, Stopped
 from .kernels import plain_kernels
 from .models import PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, sample_from_logits
 from .rollout import RewardFn, discriminator_reward, rollout_rewards
 from .runs import RunDir
 
+# A stop request for the whole process: the experiment and study commands set it on SIGTERM or Ctrl-C, and the
+# Trainer that is running finishes its unit, saves latest.pt and stops; run_to_end then raises Stopped.
+STOP = threading.Event()
 PHASES = ("mle", "d_pretrain", "adversarial")
 SAMPLES_KEPT = 32  # sequences written to samples/ at each evaluation
 REWARDS = ("discriminator", "bleu")
@@ -530,7 +534,7 @@ class Trainer:
                 self.save("latest")
             self._status("running")
             # A stop request on any rank (SIGTERM reaches each separately) stops every rank after this unit.
-            if self.dist.any(self.stop_requested) and self.unit < len(self.schedule):
+            if self.dist.any(self.stop_requested or STOP.is_set()) and self.unit < len(self.schedule):
                 self.save("latest")
                 self._status("stopped")
                 self.dist.barrier()
@@ -549,7 +553,7 @@ def run_to_end(trainer: Trainer, begin: Callable[[Trainer], None] | None = None,
     run there must have the same configuration (a clear error otherwise). New: ``begin(trainer)`` first when
     given (to branch off another run's state), then the whole schedule. The experiments and studies run every
     model through this, so that an interrupted experiment, run again with the same output folder, keeps what
-    finished and resumes the rest.
+    finished and resumes the rest. Raises ``Stopped`` when a stop was requested (``STOP``) before the end.
     """
     run = trainer.run_dir
     latest = run.checkpoint("latest")
@@ -570,4 +574,8 @@ def run_to_end(trainer: Trainer, begin: Callable[[Trainer], None] | None = None,
             begin(trainer)
     if log is not None:
         log(f"{label}: units {trainer.unit}..{len(trainer.schedule)}")
-    return trainer.run()
+    if trainer.run() == "stopped":
+        raise Stopped(f"{run.path} at unit {trainer.unit} of {len(trainer.schedule)}, latest.pt saved; the same "
+                      f"command run again continues from there")
+    return "finished"
+

@@ -20,6 +20,7 @@ from seqgan.models import Generator
 from seqgan.corpus import read_token_file, write_token_file
 from seqgan.oracle import load_oracle, nll_under, random_oracle, save_oracle
 from seqgan.runs import RunDir
+from seqgan.train import STOP
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,3 +243,53 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
     assert [e["unit"] for e in events] == list(range(-1, TINY_UNITS))  # none twice, none missing
     assert without_times(events) == without_times(RunDir(tmp_path / "whole").events())
     assert RunDir(killed).read_json(RunDir(killed).status)["state"] == "finished"
+
+
+# A tiny Table 1 run (the oracle keeps the paper's 5,000 tokens; length 6): 1 MLE epoch, 1 D round, 30 iterations.
+TINY_ORACLE = ["--models", "Random", "MLE", "SeqGAN", "--preset", "demo", "--seeds", "1", "--seq-len", "6",
+               "--g-emb-dim", "8", "--g-hidden-dim", "8", "--mle-epochs", "1", "--d-pretrain-rounds", "1",
+               "--num-negatives", "64", "--d-emb-dim", "8", "--d-filter-sizes", "2", "3", "--d-num-filters", "4", "4",
+               "--d-epochs", "1", "--adv-iters", "30", "--d-steps", "1", "--rollouts", "2", "--eval-every", "10",
+               "--eval-samples", "64", "--checkpoint-seconds", "0"]
+
+
+def test_sigterm_stops_an_experiment_after_the_unit_and_the_same_command_continues(tmp_path, capsys):
+    out = tmp_path / "table1"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    proc = subprocess.Popen([sys.executable, "-m", "seqgan", "oracle", "run", *TINY_ORACLE, "--out", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    status_file = out / "seed1" / "seqgan" / "status.json"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "the run never reached its adversarial phase"
+            try:
+                unit = json.loads(status_file.read_text())["unit"]
+            except (OSError, ValueError, KeyError):
+                unit = -1
+            if unit >= 3:  # 1 MLE epoch, 1 D round, 1 adversarial iteration done
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert "SIGTERM: stopping after the unit in progress" in err
+    assert "stopped: " in err and "latest.pt saved; the same command run again continues" in err
+    stopped_at = load_bundle(out / "seed1" / "seqgan" / "checkpoints" / "latest.pt")["position"]["unit"]
+    assert 3 <= stopped_at < 32 and json.loads(status_file.read_text())["state"] == "stopped"
+    assert not (out / "table1.md").exists()
+
+    status, lines, err = run_cli(capsys, "oracle", "run", *TINY_ORACLE, "--out", out)
+    assert status == 0, err
+    assert f"[seed 1] SeqGAN: units {stopped_at}..32" in lines
+    events = RunDir(out / "seed1" / "seqgan").events()
+    assert [e["unit"] for e in events] == list(range(-1, 32))  # none twice, none missing
+    assert (out / "table1.md").exists()
+    # the in-process command gave this process its signal handlers back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not STOP.is_set()
