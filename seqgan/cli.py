@@ -250,14 +250,15 @@ def log_line(message: str) -> None:
 @contextlib.contextmanager
 def stop_after_the_unit_on_signals():
     """SIGTERM or Ctrl-C during a long command: the running model finishes its unit, saves latest.pt and the
-    command stops; run again, it resumes. A second Ctrl-C interrupts at once (nothing after the last save kept)."""
+    command stops with a message saying how to continue (``Stopped``). A second Ctrl-C interrupts at once."""
     from .train import STOP
 
     def request(signum, _frame):
         STOP.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print(f"{signal.Signals(signum).name}: stopping after the unit in progress (Ctrl-C again: at once)",
-              file=sys.stderr, flush=True)
+        # os.write, not print: a handler may run while the main thread is inside a print to stderr
+        os.write(2, f"{signal.Signals(signum).name}: stopping after the unit in progress "
+                    f"(Ctrl-C again: at once)\n".encode())
 
     saved = {signum: signal.signal(signum, request) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -461,6 +462,9 @@ def main(argv=None) -> int:
     except Stopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a training command
+        print("interrupted", file=sys.stderr)
+        return 130
     except SeqGANError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

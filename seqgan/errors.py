@@ -23,4 +23,4 @@ class InputError(SeqGANError):
 
 class Stopped(Exception):
     """Training stopped on request (``train.STOP``: SIGTERM or Ctrl-C) before the end of its schedule, with its
-    latest.pt saved: the same command run again continues. Not an error; the message says where it stopped."""
+    latest.pt saved. Not an error: the message says where it stopped and how to continue."""

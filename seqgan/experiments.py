@@ -16,6 +16,7 @@ Each model is scored by NLL-oracle (lower is better). Presets: ``paper`` is the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from dataclasses import replace
@@ -26,7 +27,9 @@ import torch
 from .checkpoint import load_bundle
 from .metrics import BleuScorer, mean_sd, over_seeds
 from .corpus import write_token_file
-from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator, random_oracle, save_oracle
+from .errors import ConfigError
+from .oracle import (PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_arrays, oracle_evaluator,
+                     random_oracle, save_oracle)
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device, run_to_end
 
@@ -83,9 +86,23 @@ RUN_DIRS = {"SeqGAN": "seqgan", "PG-BLEU": "pg_bleu", "SS": "ss"}  # Random and 
 
 def oracle_task(out_dir: Path, seed: int, num_train: int, seq_len: int, oracle_params: str | None = None):
     """The oracle (the paper's, or random from the seed), its training set and a held-out set (at most 2,000) of
-    sequences of ``seq_len``, also written into ``out_dir`` (oracle.pt, train.txt, heldout.txt)."""
+    sequences of ``seq_len``, also written into ``out_dir`` (oracle.pt, train.txt, heldout.txt). ``task.json``
+    records which oracle and sizes: a folder that holds another task is refused (its runs would resume on other
+    data)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     oracle = load_oracle(oracle_params) if oracle_params else random_oracle(seed)
+    digest = hashlib.sha256(b"".join(a.numpy().tobytes() for a in oracle_arrays(oracle).values())).hexdigest()
+    task = {"oracle_sha256": digest, "num_train": num_train, "seq_len": seq_len}
+    task_file = out_dir / "task.json"
+    if task_file.exists():
+        held = json.loads(task_file.read_text())
+        differ = sorted(k for k in task if held.get(k) != task[k])
+        if differ:
+            what = ["the oracle (--oracle-params)" if k == "oracle_sha256" else k for k in differ]
+            raise ConfigError(f"{out_dir} holds runs of another task ({', '.join(what)} differ); use another "
+                              f"output folder or remove it")
+    else:
+        task_file.write_text(json.dumps(task, indent=1))
     torch.manual_seed(seed)
     train = oracle.sample(num_train, seq_len)
     heldout = oracle.sample(min(num_train, 2_000), seq_len)
@@ -118,7 +135,7 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
         trainer = Trainer(config, train, run, evaluator, progress(name), kind="oracle",
                           extra={"oracle": "../oracle.pt"}, **kwargs)
         run_to_end(trainer, begin, log, f"[seed {seed}] {name}")
-        seconds = sum(event.get("seconds", 0.0) for event in run.events())
+        seconds = run.training_seconds()
         log(f"[seed {seed}] {name} done: {seconds:.0f} s of training")
         return seconds
 

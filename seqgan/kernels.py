@@ -33,9 +33,22 @@ def _onednn_linear_works() -> bool:
         return False
 
 
+def bf16_autocast(device_type: str, enabled: bool):
+    """bfloat16 autocast on the device when enabled (the discriminator's ``d_precision="bf16"``), else nothing
+    (no autocast object at all: some torch versions refuse one for some devices even disabled)."""
+    return torch.autocast(device_type, torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def onednn_applies(x: torch.Tensor) -> bool:
     return (USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_linear_works()
-            and not torch.is_autocast_enabled("cpu"))  # under bf16 autocast torch's own layers run in bf16
+            and not cpu_autocast_enabled())  # under bf16 autocast torch's own layers run in bf16
 
 
 def needs_grad(*tensors: torch.Tensor | None) -> bool:

@@ -27,7 +27,7 @@ from .errors import SeqGANError, Stopped
 from .experiments import QUARTER_D
 from .metrics import mean_sd, over_seeds
 from .runs import RunDir
-from .train import TrainConfig, Trainer, resolve_device
+from .train import STOP, TrainConfig, Trainer, resolve_device
 
 # The paper's numbers (Tables 2 and 4); "Real data" BLEU-2 of the quatrains is the paper's 0.746.
 TASKS = {
@@ -80,13 +80,15 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
     final_samples = settings.pop("final_samples")
     started = time.time()
     if run.config.exists():
-        if (run.read_status() or {}).get("state") != "finished":
+        if not run.finished():
             raise SeqGANError(f"{out_dir}: holds an unfinished run; finish it with `seqgan train --resume "
                               f"--run-dir {out_dir}` and run this again to score it, or remove it")
         log(f"[{task} seed {seed}] scoring the finished run in {out_dir}")
         config = TrainConfig.from_dict(run.read_json(run.config)["config"])
-        seconds = sum(event.get("seconds", 0.0) for event in run.events())
+        seconds = run.training_seconds()
     else:
+        if STOP.is_set():
+            raise Stopped(f"{out_dir} not started; the same command run again starts it")
         source = corpus_source or TASKS[task]["corpus"]
         corpus = load_corpus(source, "text" if task == "poems" else "music", seed=0)  # one split for all seeds
         config = TrainConfig(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token,

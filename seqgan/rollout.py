@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from .kernels import bf16_autocast
 from .models import Generator
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]  # [M, T] token ids -> [M] rewards
@@ -114,7 +115,7 @@ class DiscriminatorReward:
         self.discriminator.eval()
         device = next(self.discriminator.parameters()).device.type
         try:
-            with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=self.bf16):
+            with torch.no_grad(), bf16_autocast(device, self.bf16):
                 return fn()
         finally:
             self.discriminator.train(was_training)

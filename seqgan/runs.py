@@ -48,6 +48,14 @@ class RunDir:
     def read_status(self) -> dict | None:
         return self.read_json(self.status)
 
+    def finished(self) -> bool:
+        """Whether the run trained to the end of its schedule."""
+        return (self.read_status() or {}).get("state") == "finished"
+
+    def training_seconds(self) -> float:
+        """Seconds spent in the units of the schedule, over every attempt that trained them (from the events)."""
+        return sum(event.get("seconds", 0.0) for event in self.events())
+
     def create(self) -> "RunDir":
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.samples.mkdir(parents=True, exist_ok=True)

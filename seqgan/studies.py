@@ -70,10 +70,6 @@ def study_config(study: str, preset: str, seed: int, seq_len: int, device: str =
     return config.validate(), num_train
 
 
-def _finished(run: RunDir) -> bool:
-    return (run.read_status() or {}).get("state") == "finished"
-
-
 def _train(config: TrainConfig, data, run: RunDir, evaluator, start: RunDir | None, log, label: str) -> None:
     """Run ``config`` into ``run`` (``run_to_end``); a new run first takes all of ``start``'s last state, so that
     the branch continues exactly."""
@@ -175,7 +171,7 @@ def lengths_summary(out_dir: Path, seeds: list[int], lengths: list[int]) -> dict
     summary = {}
     for length in lengths:
         rows = []
-        done = [s for s in seeds if _finished(RunDir(Path(out_dir) / f"L{length}" / f"seed{s}" / "plain"))]
+        done = [s for s in seeds if RunDir(Path(out_dir) / f"L{length}" / f"seed{s}" / "plain").finished()]
         for seed in done:
             seed_dir = Path(out_dir) / f"L{length}" / f"seed{seed}"
             meta = json.loads((seed_dir / "seed.json").read_text())

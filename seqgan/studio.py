@@ -267,7 +267,8 @@ OPTION_HELP = {
               "classifier's P(real) (the paper's).",
     "gp_weight": "Gradient-penalty weight of the Wasserstein critic (WGAN-GP's lambda; unused by the classifier).",
     "d_precision": "bf16: train and run the discriminator in bfloat16 (weights, optimizer and losses stay fp32; "
-                   "G stays fp32). Faster where the hardware has bf16 (recent GPUs; CPUs with AVX-512 BF16).",
+                   "G stays fp32). Meant for GPUs with bf16 tensor cores (not yet measured); on the benchmark "
+                   "CPU only ~1.1x faster, with a slightly smaller SeqGAN gain (RESULTS.md).",
     "eval_every": "Evaluate the generator every N units of the MLE and adversarial phases.",
     "eval_samples": "Generated sequences per evaluation (BLEU, NLL-oracle, Self-BLEU).",
     "checkpoint_seconds": "Save latest.pt at least this often (and at the end of every phase).",

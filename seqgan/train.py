@@ -48,7 +48,7 @@ from .checkpoint import FORMAT, load_bundle, save_bundle, tokenizer_tensor
 from .corpus import write_token_file
 from .distributed import SINGLE, DistContext, Objective
 from .errors import ConfigError, Stopped
-from .kernels import plain_kernels
+from .kernels import bf16_autocast, plain_kernels
 from .models import PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, sample_from_logits
 from .rollout import RewardFn, discriminator_reward, rollout_rewards
 from .runs import RunDir
@@ -267,6 +267,9 @@ class Trainer:
         self.config = config.validate()
         self.dist = dist
         self.device = dist.device if dist.distributed else resolve_device(config.device)
+        if config.d_precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"d_precision bf16: this GPU ({torch.cuda.get_device_name(self.device)}) cannot "
+                              f"compute in bfloat16; use fp32")
         if train_data.dim() != 2 or train_data.shape[1] != config.seq_len:
             raise ConfigError(f"training data must be [N, {config.seq_len}] token ids, got {list(train_data.shape)}")
         if len(train_data) == 0:
@@ -301,7 +304,7 @@ class Trainer:
             "pg": adam(self.generator.parameters(), lr=c.pg_lr),
             "d": adam(self.discriminator.parameters(), lr=c.d_lr),
         }
-        self.d_precision = partial(torch.autocast, self.device.type, torch.bfloat16, c.d_precision == "bf16")
+        self.d_autocast = partial(bf16_autocast, self.device.type, c.d_precision == "bf16")
         self.reward_fn = reward_fn or discriminator_reward(self.discriminator, critic=c.critic == "wasserstein",
                                                            bf16=c.d_precision == "bf16")
         # Losses that get a gradient are computed through these (under DDP on several ranks, see distributed.py).
@@ -417,7 +420,7 @@ class Trainer:
         score_sums = torch.zeros(2, 2, device=self.device)  # critic: [generated, real] x [sum of scores, count]
         for _ in range(c.d_epochs):
             for idx in self._batches(len(tokens), dist.per_rank(c.d_batch_size)):
-                with self.d_precision():
+                with self.d_autocast():
                     if critic:
                         loss, logits = self.d_objective(critic_loss, tokens[idx], labels[idx], c.gp_weight)
                     else:
@@ -553,19 +556,25 @@ def run_to_end(trainer: Trainer, begin: Callable[[Trainer], None] | None = None,
     run there must have the same configuration (a clear error otherwise). New: ``begin(trainer)`` first when
     given (to branch off another run's state), then the whole schedule. The experiments and studies run every
     model through this, so that an interrupted experiment, run again with the same output folder, keeps what
-    finished and resumes the rest. Raises ``Stopped`` when a stop was requested (``STOP``) before the end.
+    finished and resumes the rest. Raises ``Stopped`` when a stop was requested (``STOP``) before the end,
+    also before it starts. One process only (on several ranks only rank 0 has the run directory).
     """
     run = trainer.run_dir
+    assert run is not None, "run_to_end needs a trainer with a run directory (one process)"
     latest = run.checkpoint("latest")
     bundle = load_bundle(latest) if latest.exists() else None
     if bundle is not None:
         ours, theirs = trainer.config.to_dict(), TrainConfig.from_dict(bundle["config"]).to_dict()
-        differ = sorted(k for k in ours.keys() | theirs.keys() if k != "device" and ours.get(k) != theirs.get(k))
+        differ = sorted(k for k in ours.keys() | theirs.keys()
+                        if k not in ("device", "checkpoint_seconds") and ours.get(k) != theirs.get(k))
         if differ:
-            raise ConfigError(f"{run.path} holds a run with other settings ({', '.join(differ)}); "
-                              f"use another output folder or remove it")
-    if (run.read_status() or {}).get("state") == "finished":
+            raise ConfigError(f"{run.path} holds a run with other settings ({', '.join(differ)}); use another "
+                              f"output folder or remove it (in an experiment the preset, the options and "
+                              f"--models decide what each run trains)")
+    if run.finished():
         return "finished"
+    if STOP.is_set():
+        raise Stopped(f"{run.path} not started; the same command run again continues from there")
     if bundle is not None:
         trainer.restore(bundle)
     else:

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from seqgan.errors import ConfigError, InputError
+from seqgan.errors import ConfigError, InputError, Stopped
 from seqgan.experiments import MODELS, run_oracle_experiment, seed_summary
+from seqgan.runs import RunDir
+from seqgan.train import STOP
 from seqgan.corpus import read_token_file, write_token_file
 from seqgan.oracle import (ARRAY_NAMES, load_oracle, load_oracle_arrays, nll_under, oracle_arrays, random_oracle,
                            save_oracle)
@@ -278,6 +280,25 @@ def test_an_interrupted_experiment_run_again_resumes_and_ends_as_one_never_inter
 
     with pytest.raises(ConfigError, match=r"seqgan holds a run with other settings \(adv_iters\)"):
         run_oracle_experiment("cpu", [1], tmp_path, log=logs.append, **{**TINY, "adv_iters": 3})
+    # how often checkpoints are written changes nothing trained: accepted
+    assert run_oracle_experiment("cpu", [1], tmp_path, log=logs.append, **{**TINY, "checkpoint_seconds": 60}) == table
+    # another task in the same folder would resume on other data: refused
+    with pytest.raises(ConfigError, match=r"seed1 holds runs of another task \(num_train differ"):
+        run_oracle_experiment("cpu", [1], tmp_path, log=logs.append, **{**TINY, "num_train": 96})
+    other = tmp_path / "other-oracle.pt"
+    save_oracle(random_oracle(2), other)
+    with pytest.raises(ConfigError, match=r"another task \(the oracle \(--oracle-params\) differ"):
+        run_oracle_experiment("cpu", [1], tmp_path, str(other), log=logs.append, **TINY)
+
+
+def test_a_stop_requested_between_models_starts_no_more_training(tmp_path):
+    STOP.set()
+    try:
+        with pytest.raises(Stopped, match="seqgan not started; the same command run again continues"):
+            run_oracle_experiment("cpu", [1], tmp_path, log=print, **TINY)
+    finally:
+        STOP.clear()
+    assert RunDir(tmp_path / "seed1" / "seqgan").events() == []
 
 
 @pytest.mark.parametrize("protocol", [2, 4])
