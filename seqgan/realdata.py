@@ -15,7 +15,6 @@ pipeline in a few minutes and proves nothing.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -23,11 +22,11 @@ import torch
 from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import (SampleScorer, corpus_evaluator, load_corpus, read_token_file, sequence_nll,
                      tokenizer_from_bytes)
-from .errors import SeqGANError, Stopped
+from .errors import ConfigError, Stopped
 from .experiments import QUARTER_D
 from .metrics import mean_sd, over_seeds
 from .runs import RunDir
-from .train import STOP, TrainConfig, Trainer, resolve_device
+from .train import STOP, TrainConfig, Trainer, resolve_device, run_to_end
 
 # The paper's numbers (Tables 2 and 4); "Real data" BLEU-2 of the quatrains is the paper's 0.746.
 TASKS = {
@@ -70,7 +69,7 @@ def load_generator(path: Path, device: torch.device):
 def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: str | None = None,
              device: str = "auto", log=print, **overrides) -> dict:
     """Train one SeqGAN run (and so its MLE baseline) into ``out_dir``, score it, write and return ``final.json``.
-    A finished run already there is only scored again (when ``final.json`` is missing)."""
+    A run already there is resumed if unfinished (``run_to_end``) and scored (when ``final.json`` is missing)."""
     out_dir = Path(out_dir)
     if (out_dir / "final.json").exists():
         log(f"[{task} seed {seed}] already done: {out_dir}/final.json")
@@ -78,15 +77,7 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
     run = RunDir(out_dir)
     settings = {**PRESETS[preset][task], **overrides}
     final_samples = settings.pop("final_samples")
-    started = time.time()
-    if run.config.exists():
-        if not run.finished():
-            raise SeqGANError(f"{out_dir}: holds an unfinished run; finish it with `seqgan train --resume "
-                              f"--run-dir {out_dir}` and run this again to score it, or remove it")
-        log(f"[{task} seed {seed}] scoring the finished run in {out_dir}")
-        config = TrainConfig.from_dict(run.read_json(run.config)["config"])
-        seconds = run.training_seconds()
-    else:
+    if not run.config.exists():
         if STOP.is_set():
             raise Stopped(f"{out_dir} not started; the same command run again starts it")
         source = corpus_source or TASKS[task]["corpus"]
@@ -94,10 +85,18 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
         config = TrainConfig(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token,
                              seed=seed, device=device, **settings).validate()
         run.create()
-        corpus.write(run.path)
+        corpus.write(run.path)  # the run trains from these files, whether it is new or resumed
         task_info = {"kind": corpus.kind, "source": str(source), "corpus": corpus.summary(),
                      "experiment": {"task": task, "preset": preset}}
         run.write_json(run.config, {"config": config.to_dict(), "task": task_info})
+    saved = run.read_json(run.config)
+    config = TrainConfig.from_dict(saved["config"])
+    asked = {**settings, "seed": seed}
+    differ = sorted(k for k, v in asked.items() if getattr(config, k) != (list(v) if isinstance(v, tuple) else v))
+    if differ:
+        raise ConfigError(f"{out_dir} holds a run with other settings ({', '.join(differ)}); use another --out "
+                          f"or remove it")
+    if not run.finished():
         main = TASKS[task]["main"]
 
         def progress(event):
@@ -106,13 +105,17 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
                     f"{main}={event[main]:.4f} self_bleu4={event['self_bleu4']:.4f} "
                     f"nll_test={event['nll_test']:.4f}")
 
-        evaluator = corpus_evaluator(corpus.tokenizer, corpus.heldout, config.seq_len, config.eval_samples)
-        state = Trainer(config, corpus.train, run, evaluator, progress, kind=corpus.kind,
-                        tokenizer=corpus.tokenizer.to_bytes(), extra={"task": task_info}).run()
-        if state == "stopped":
-            raise Stopped(f"{out_dir}, latest.pt saved; continue it with `seqgan train --resume --run-dir "
-                          f"{out_dir}`, then run this command again to score it")
-        seconds = time.time() - started
+        tokenizer_data = (run.path / "tokenizer.bin").read_bytes()
+        tokenizer = tokenizer_from_bytes(tokenizer_data)
+        train = read_token_file(run.path / "train.txt", config.vocab_size)
+        heldout = read_token_file(run.path / "heldout.txt", config.vocab_size)
+        evaluator = corpus_evaluator(tokenizer, heldout, config.seq_len, config.eval_samples)
+        trainer = Trainer(config, train, run, evaluator, progress, kind=tokenizer.kind, tokenizer=tokenizer_data,
+                          extra={"task": saved["task"]})
+        run_to_end(trainer, log=log, label=f"[{task} seed {seed}]")
+    else:
+        log(f"[{task} seed {seed}] scoring the finished run in {out_dir}")
+    seconds = run.training_seconds()
     result = score_run(run, config, final_samples, seed)
     result.update(task=task, preset=preset, seconds=seconds)
     (out_dir / "final.json").write_text(json.dumps(result, indent=1))

@@ -244,3 +244,35 @@ def test_experiment_poems_on_a_small_corpus_writes_the_table(tmp_path, capsys, r
     for cold in ("MLE at τ=0.9", "MLE at τ=0.8", "MLE at τ=0.7"):  # same generator, same seed, colder sampling
         assert final[cold].keys() == final["MLE"].keys()
         assert final[cold]["nll_test"] != final["MLE"]["nll_test"] and final[cold]["bleu2"] != final["MLE"]["bleu2"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_experiment_seed_resumes_with_the_same_command(tmp_path):
+    """Stopped in the adversarial phase (after a checkpoint), the same experiment run again resumes the seed from
+    its latest checkpoint and scores it exactly as a seed never interrupted; other settings are refused."""
+    from seqgan.errors import ConfigError
+    from seqgan.realdata import run_experiment
+
+    corpus_file = tmp_path / "cats.txt"
+    corpus_file.write_text("\n".join(LINES * 4) + "\n", encoding="utf-8")
+    settings = dict(mle_epochs=2, d_pretrain_rounds=1, num_negatives=40, adv_iters=3, d_steps=1, rollouts=2,
+                    eval_samples=20, eval_every=1, batch_size=8, d_batch_size=8, g_emb_dim=8, g_hidden_dim=8,
+                    d_emb_dim=8, d_filter_sizes=[1, 2], d_num_filters=[4, 4], checkpoint_seconds=0)
+    whole = run_experiment("poems", "demo", [1], tmp_path / "whole", str(corpus_file), "cpu", log=print, **settings)
+
+    def log_until_adversarial(line):
+        if "adversarial    2/3" in line:
+            raise Interrupted(line)
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(Interrupted):
+        run_experiment("poems", "demo", [1], out, str(corpus_file), "cpu", log=log_until_adversarial, **settings)
+    logs = []
+    assert run_experiment("poems", "demo", [1], out, str(corpus_file), "cpu", log=logs.append, **settings) == whole
+    assert "[poems seed 1]: units 4..6" in logs  # 2 MLE epochs, 1 D round and 1 iteration were kept
+    with pytest.raises(ConfigError, match=r"seed1 holds a run with other settings \(adv_iters\)"):
+        (out / "seed1" / "final.json").unlink()
+        run_experiment("poems", "demo", [1], out, str(corpus_file), "cpu", log=print, **{**settings, "adv_iters": 4})
