@@ -142,9 +142,9 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
     mle_only = replace(config, d_pretrain_rounds=0, adv_iters=0)
     seconds = train_model("SeqGAN", config if "SeqGAN" in models else mle_only)
     if "PG-BLEU" in models:
-        mle = load_bundle(RunDir(out_dir / RUN_DIRS["SeqGAN"]).checkpoint("mle"))
+        mle = RunDir(out_dir / RUN_DIRS["SeqGAN"]).checkpoint("mle")
         seconds += train_model("PG-BLEU", replace(config, reward="bleu"),
-                               lambda t: t.restore(mle, position=config.mle_epochs, weights_only=True),
+                               lambda t: t.restore(load_bundle(mle), position=config.mle_epochs, weights_only=True),
                                reward_fn=bleu_reward(train, config.bleu_n))
     if "SS" in models:
         seconds += train_model("SS", replace(mle_only, scheduled_sampling=SS_FINAL_OWN_TOKEN_PROB))
