@@ -154,11 +154,10 @@ def cmd_train(args) -> int:
             trainer.restore(load_bundle(latest))
             if dist.is_main:
                 print(f"resuming at unit {trainer.unit} of {len(trainer.schedule)}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: trainer.request_stop())
     try:
-        state = trainer.run()
-    except KeyboardInterrupt:
-        trainer.save("latest")
+        with stop_after_the_unit_on_signals():  # SIGTERM (the app's Stop) or Ctrl-C: finish the unit, save, stop
+            state = trainer.run()
+    except KeyboardInterrupt:  # a second Ctrl-C: at once; latest.pt stays that of the last whole unit saved
         if dist.is_main:
             run.update_status(state="stopped")
         state = "stopped"

@@ -359,7 +359,8 @@ class Trainer:
             self.last_checkpoint_time = time.monotonic()
 
     def request_stop(self) -> None:
-        """Finish the unit in progress, checkpoint and return (the CLI calls this on SIGTERM)."""
+        """Finish the unit in progress, checkpoint and return (``STOP`` does the same for every trainer of the
+        process: the CLI sets it on SIGTERM or Ctrl-C)."""
         self.stop_requested = True
 
     def _seed_own_stream(self) -> None:
