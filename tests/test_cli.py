@@ -245,6 +245,46 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
     assert RunDir(killed).read_json(RunDir(killed).status)["state"] == "finished"
 
 
+def test_ctrl_c_finishes_the_unit_and_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, capsys,
+                                                                                           restore_sigterm):
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+    proc = subprocess.Popen([sys.executable, "-m", "seqgan", "train", "--run-dir", str(stopped), *TINY],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status_file, deadline = stopped / "status.json", time.monotonic() + 60
+    try:
+        while True:
+            assert proc.poll() is None, f"the run ended before Ctrl-C: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "the run never reached the unit to stop it at"
+            try:
+                unit = json.loads(status_file.read_text())["unit"]
+            except (OSError, ValueError, KeyError):
+                unit = -1
+            if unit >= 8:
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.002)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and f"stopped: {stopped}" in out, err
+    assert "SIGINT: stopping after the unit in progress" in err
+    stopped_at = load_bundle(stopped / "checkpoints" / "latest.pt")["position"]["unit"]
+    assert 8 <= stopped_at < TINY_UNITS and RunDir(stopped).read_status()["state"] == "stopped"
+
+    status, lines, err = run_cli(capsys, "train", "--run-dir", stopped, "--resume")
+    assert status == 0 and f"resuming at unit {stopped_at} of {TINY_UNITS}" in lines, err
+    status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "whole", *TINY)
+    assert status == 0, err
+    ours, theirs = (load_bundle(d / "checkpoints" / "latest.pt") for d in (stopped, tmp_path / "whole"))
+    assert state_equal(ours["generator"], theirs["generator"])
+    assert state_equal(ours["discriminator"], theirs["discriminator"])
+    assert without_times(RunDir(stopped).events()) == without_times(RunDir(tmp_path / "whole").events())
+
+
 # A tiny Table 1 run (the oracle keeps the paper's 5,000 tokens; length 6): 1 MLE epoch, 1 D round, 30 iterations.
 TINY_ORACLE = ["--models", "Random", "MLE", "SeqGAN", "--preset", "demo", "--seeds", "1", "--seq-len", "6",
                "--g-emb-dim", "8", "--g-hidden-dim", "8", "--mle-epochs", "1", "--d-pretrain-rounds", "1",
