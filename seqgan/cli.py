@@ -168,6 +168,8 @@ def cmd_train(args) -> int:
     dist.close()
     if dist.is_main:
         print(f"{state}: {run.path}", flush=True)
+    if dist.distributed:
+        dist.exit(0)
     return 0
 
 

@@ -77,6 +77,7 @@ def main() -> None:
                 "optimizers": {name: opt.state_dict() for name, opt in trainer.optimizers.items()}},
                Path(args.out) / f"rank{dist.rank}.pt")
     dist.close()
+    dist.exit(0)
 
 
 if __name__ == "__main__":
