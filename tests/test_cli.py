@@ -1,4 +1,4 @@
-"""The ``seqgan`` command line, called in-process through ``seqgan.cli.main`` (a subprocess only to SIGKILL one)."""
+"""The ``seqgan`` command line, called in-process through ``seqgan.cli.main`` (a subprocess only to signal one)."""
 
 from __future__ import annotations
 
@@ -198,33 +198,40 @@ def test_train_with_a_missing_data_file_exits_2(tmp_path, capsys, restore_sigter
     assert_error(status, err, "config.json")
 
 
-# ----- 6. a real kill, then --resume ---------------------------------------------------------------------------
-def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, capsys, restore_sigterm):
-    killed = tmp_path / "killed"
+def signal_at_unit(argv, status_file: Path, unit: int, signum: int, timeout: float = 60) -> tuple[int, str, str]:
+    """Run ``seqgan ARGV`` in a subprocess, send it ``signum`` as soon as ``status_file`` reports ``unit`` or a
+    later one, and return its exit status, stdout and stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    proc = subprocess.Popen([sys.executable, "-m", "seqgan", "train", "--run-dir", str(killed), *TINY],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    kill_at, status_file = 8, killed / "status.json"
-    deadline = time.monotonic() + 60
+    proc = subprocess.Popen([sys.executable, "-m", "seqgan", *map(str, argv)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
     try:
         while True:
-            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "the run never reached the unit to kill it at"
+            assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, f"the run never reached unit {unit} to signal it there"
             try:
-                unit = json.loads(status_file.read_text())["unit"]
+                reached = json.loads(status_file.read_text())["unit"]
             except (OSError, ValueError, KeyError):
-                unit = -1
-            if unit >= kill_at:
-                proc.send_signal(signal.SIGKILL)
+                reached = -1
+            if reached >= unit:
+                proc.send_signal(signum)
                 break
             time.sleep(0.002)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+            proc.wait()
+    return proc.returncode, out, err
+
+
+# ----- 6. a real kill, then --resume ---------------------------------------------------------------------------
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, capsys, restore_sigterm):
+    killed, kill_at = tmp_path / "killed", 8
+    returncode, _, _ = signal_at_unit(["train", "--run-dir", killed, *TINY], killed / "status.json", kill_at,
+                                      signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
     stopped_at = load_bundle(killed / "checkpoints" / "latest.pt")["position"]["unit"]
     assert kill_at <= stopped_at < TINY_UNITS, "the kill came too late to test resuming"
 
@@ -248,29 +255,9 @@ def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
 def test_ctrl_c_finishes_the_unit_and_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, capsys,
                                                                                            restore_sigterm):
     stopped = tmp_path / "stopped"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    proc = subprocess.Popen([sys.executable, "-m", "seqgan", "train", "--run-dir", str(stopped), *TINY],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    status_file, deadline = stopped / "status.json", time.monotonic() + 60
-    try:
-        while True:
-            assert proc.poll() is None, f"the run ended before Ctrl-C: {proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "the run never reached the unit to stop it at"
-            try:
-                unit = json.loads(status_file.read_text())["unit"]
-            except (OSError, ValueError, KeyError):
-                unit = -1
-            if unit >= 8:
-                proc.send_signal(signal.SIGINT)
-                break
-            time.sleep(0.002)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0 and f"stopped: {stopped}" in out, err
+    returncode, out, err = signal_at_unit(["train", "--run-dir", stopped, *TINY], stopped / "status.json", 8,
+                                          signal.SIGINT)
+    assert returncode == 0 and f"stopped: {stopped}" in out, err
     assert "SIGINT: stopping after the unit in progress" in err
     stopped_at = load_bundle(stopped / "checkpoints" / "latest.pt")["position"]["unit"]
     assert 8 <= stopped_at < TINY_UNITS and RunDir(stopped).read_status()["state"] == "stopped"
@@ -295,30 +282,11 @@ TINY_ORACLE = ["--models", "Random", "MLE", "SeqGAN", "--preset", "demo", "--see
 
 def test_sigterm_stops_an_experiment_after_the_unit_and_the_same_command_continues(tmp_path, capsys):
     out = tmp_path / "table1"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    proc = subprocess.Popen([sys.executable, "-m", "seqgan", "oracle", "run", *TINY_ORACLE, "--out", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     status_file = out / "seed1" / "seqgan" / "status.json"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline, "the run never reached its adversarial phase"
-            try:
-                unit = json.loads(status_file.read_text())["unit"]
-            except (OSError, ValueError, KeyError):
-                unit = -1
-            if unit >= 3:  # 1 MLE epoch, 1 D round, 1 adversarial iteration done
-                proc.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.01)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, err
+    # signalled once 1 MLE epoch, 1 D round and 1 adversarial iteration are done
+    returncode, _, err = signal_at_unit(["oracle", "run", *TINY_ORACLE, "--out", out], status_file, 3,
+                                        signal.SIGTERM, timeout=120)
+    assert returncode == 1, err
     assert "SIGTERM: stopping after the unit in progress" in err
     assert "stopped: " in err and "latest.pt saved; the same command run again continues" in err
     stopped_at = load_bundle(out / "seed1" / "seqgan" / "checkpoints" / "latest.pt")["position"]["unit"]
