@@ -39,11 +39,16 @@ def bf16_autocast(device_type: str, enabled: bool):
     return torch.autocast(device_type, torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def cpu_autocast_enabled() -> bool:
+def _cpu_autocast_test():
+    """Whether autocast is on for the CPU: chosen once, as it runs on every ``linear`` call."""
     try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
+        torch.is_autocast_enabled("cpu")
+        return lambda: torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device
+        return torch.is_autocast_cpu_enabled
+
+
+cpu_autocast_enabled = _cpu_autocast_test()
 
 
 def onednn_applies(x: torch.Tensor) -> bool:
