@@ -252,6 +252,12 @@ def critic_loss(D: Discriminator, tokens: torch.Tensor, labels: torch.Tensor, gp
     return loss, logits
 
 
+def mean_on_host(values: list[torch.Tensor]) -> float:
+    """The mean of per-batch scalars kept on the device, read back once: a read per batch (``loss.item()``)
+    would make the CPU wait for a GPU at every batch. Summed in float64, as Python's ``sum`` of floats was."""
+    return torch.stack(values).cpu().double().sum().item() / len(values) if values else 0.0
+
+
 class Trainer:
     """Runs the schedule of a ``TrainConfig`` on ``train_data`` ([N, seq_len] token ids).
 
@@ -397,8 +403,8 @@ class Trainer:
             else:
                 loss = self.g_objective(Generator.nll, batch)
             self._step(self.optimizers["mle"], loss, G.parameters(), share * dist.world_size)
-            losses.append(loss.item() * share)
-        [g_loss] = dist.sum(sum(losses) / len(losses))
+            losses.append(loss.detach() * share)
+        [g_loss] = dist.sum(mean_on_host(losses))
         event = {"g_loss": g_loss}
         if c.scheduled_sampling > 0:
             event["own_token_prob"] = own_prob
@@ -417,7 +423,7 @@ class Trainer:
         labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).long().to(self.device)
         D.train()
         critic = c.critic == "wasserstein"
-        losses, correct, seen = [], 0, 0
+        losses, correct, seen = [], [], 0
         score_sums = torch.zeros(2, 2, device=self.device)  # critic: [generated, real] x [sum of scores, count]
         for _ in range(c.d_epochs):
             for idx in self._batches(len(tokens), dist.per_rank(c.d_batch_size)):
@@ -430,16 +436,16 @@ class Trainer:
                     scores = Discriminator.reward_of(logits.detach(), critic=True)
                     score_sums.index_add_(0, labels[idx], torch.stack([scores, torch.ones_like(scores)], dim=1))
                 self._step(self.optimizers["d"], loss)  # the original trains D with plain Adam, no clipping
-                losses.append(loss.item())
-                correct += int((logits.argmax(1) == labels[idx]).sum())
+                losses.append(loss.detach())
+                correct.append((logits.detach().argmax(1) == labels[idx]).sum())
                 seen += len(idx)
-        event = {"d_loss": dist.mean(sum(losses) / max(1, len(losses)))}
+        event = {"d_loss": dist.mean(mean_on_host(losses))}
         # A critic's accuracy (the sign of its score) means little: its loss does not anchor the score at 0.
         # Its Wasserstein estimate, mean score of real minus generated sequences, is what it learns.
         if critic:
             fake_sum, fake_count, real_sum, real_count = dist.sum(*score_sums.flatten().tolist())
             event["d_gap"] = real_sum / max(1.0, real_count) - fake_sum / max(1.0, fake_count)
-        correct, seen = dist.sum(correct, seen)
+        correct, seen = dist.sum(int(torch.stack(correct).sum()) if correct else 0, seen)
         return {**event, "d_acc": correct / max(1, seen)}
 
     def generator_pg_step(self) -> dict:
