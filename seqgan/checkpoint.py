@@ -2,7 +2,7 @@
 
 A bundle is one ``torch.save`` file of plain data: tensors, numbers, strings, lists and dicts. It holds
 
-    format       "seqgan-studio/1"
+    format       "seqgan-studio/2" (version 1 bundles load too, upgraded: see ``upgraded``)
     kind         "oracle" | "tokens" | "text" | "music"  (what the token ids mean)
     role         "latest" | "mle" | "seqgan"             (which generator this file is meant to serve)
     config       the training configuration (a dict)
@@ -28,7 +28,8 @@ import torch
 
 from .errors import InputError
 
-FORMAT = "seqgan-studio/1"
+FORMAT = "seqgan-studio/2"
+EARLIER_FORMATS = ("seqgan-studio/1",)
 REQUIRED_KEYS = ("format", "kind", "config", "generator")
 
 
@@ -76,12 +77,24 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(name, f"not a SeqGAN Studio checkpoint or the file is damaged ({first_line[:200]})") from None
-    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+    if not isinstance(bundle, dict) or bundle.get("format") not in (FORMAT, *EARLIER_FORMATS):
         raise InputError(name, f"not a SeqGAN Studio checkpoint (expected format {FORMAT!r})")
     missing = [k for k in REQUIRED_KEYS if k not in bundle]
     if missing:
         raise InputError(name, f"checkpoint is missing {', '.join(missing)}")
-    return bundle
+    return upgraded(bundle)
+
+
+def upgraded(bundle: dict) -> dict:
+    """A version 1 bundle as version 2, computing the same functions. Version 1's highway layer added a constant
+    -2 to its gate (the original's ``highway`` default, which the original's discriminator overrides with 0);
+    version 2 adds none, so the constant moves into the gate's bias. (Version 1's generator also trained a
+    second LSTM bias, ``bias_hh``, that version 2 keeps at zero: its values load as they are and stay fixed.)"""
+    if bundle["format"] == "seqgan-studio/1" and isinstance(bundle.get("discriminator"), dict):
+        discriminator = dict(bundle["discriminator"])
+        discriminator["highway.gate.bias"] = discriminator["highway.gate.bias"] - 2.0
+        bundle = {**bundle, "discriminator": discriminator}
+    return {**bundle, "format": FORMAT}
 
 
 def tokenizer_tensor(data: bytes | None):

@@ -1,10 +1,10 @@
 """The two networks of SeqGAN: an LSTM generator (the policy) and a CNN discriminator.
 
-Both follow the original release (LantaoYu/SeqGAN): the generator's parameters are drawn from N(0, 0.1); its
-first input is the embedding of ``start_token`` (token 0, also an ordinary token in the oracle task) with
-h = c = 0. The discriminator is the paper's CNN: filter widths 1..10, 15, 20 with 100..160 maps, ReLU,
-max-over-time pooling, one highway layer (gate bias -2), dropout (keep 0.75) and a 2-way output whose weights
-carry an L2 penalty of 0.2. Its convolutions are 1-D over the embedding (Conv1d, measured faster than the
+Both follow the original release (LantaoYu/SeqGAN): the generator's parameters are drawn from N(0, 0.1), with
+one bias per LSTM gate; its first input is the embedding of ``start_token`` (token 0, also an ordinary token in
+the oracle task) with h = c = 0. The discriminator is the paper's CNN: filter widths 1..10, 15, 20 with 100..200
+maps, ReLU, max-over-time pooling, one highway layer (gate bias 0, as the original calls it), dropout (keep 0.75)
+and a 2-way output whose weights carry an L2 penalty of 0.2. Its convolutions are 1-D over the embedding (Conv1d, measured faster than the
 original's Conv2d form; on CPU im2col products, see ``kernels``).
 
 The same network also serves as a Wasserstein-style critic (an option; see ``train.critic_loss``): its score is
@@ -15,6 +15,8 @@ The products run through ``kernels`` (oneDNN on CPU); the sampler is a two-level
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -77,6 +79,9 @@ class Generator(nn.Module):
         self.output = nn.Linear(hidden_dim, vocab_size)
         for p in self.parameters():
             nn.init.normal_(p, 0.0, init_std)
+        # The original's LSTM has one bias per gate; nn.LSTM adds bias_ih and bias_hh. Trained together they would
+        # start at sd 0.14 instead of 0.1 and move twice as fast under Adam, so bias_hh stays at zero.
+        nn.init.zeros_(self.lstm.bias_hh_l0).requires_grad_(False)
 
     def inputs_for(self, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forcing inputs: the start token, then every token but the last."""
@@ -166,19 +171,23 @@ class Generator(nn.Module):
 
 
 class Highway(nn.Module):
-    """y = t * relu(W_h x) + (1 - t) * x with gate t = sigmoid(W_t x + bias), bias -2 as in the original."""
+    """y = t * relu(W_h x + b_h) + (1 - t) * x with gate t = sigmoid(W_t x + b_t).
 
-    def __init__(self, size: int, gate_bias: float = -2.0):
+    As the original: its ``highway`` function adds a constant bias (default -2) to the gate, but the discriminator
+    calls it with 0. Weights and biases start as TensorFlow's default for the original's ``linear`` variables,
+    Glorot uniform (a bias vector of length n counts fan-in = fan-out = n).
+    """
+
+    def __init__(self, size: int):
         super().__init__()
         self.transform = nn.Linear(size, size)
         self.gate = nn.Linear(size, size)
-        self.gate_bias = gate_bias
         for layer in (self.transform, self.gate):
-            nn.init.xavier_uniform_(layer.weight)  # TensorFlow's default for the original's linear()
-            nn.init.zeros_(layer.bias)
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.uniform_(layer.bias, -math.sqrt(3.0 / size), math.sqrt(3.0 / size))
 
     def forward(self, x):
-        t = linear(x, self.gate.weight, self.gate.bias + self.gate_bias, "sigmoid")
+        t = linear(x, self.gate.weight, self.gate.bias, "sigmoid")
         return torch.lerp(x, linear(x, self.transform.weight, self.transform.bias, "relu"), t)
 
 

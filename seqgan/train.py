@@ -425,8 +425,9 @@ class Trainer:
         critic = c.critic == "wasserstein"
         losses, correct, seen = [], [], 0
         score_sums = torch.zeros(2, 2, device=self.device)  # critic: [generated, real] x [sum of scores, count]
-        for _ in range(c.d_epochs):
-            for idx in self._batches(len(tokens), dist.per_rank(c.d_batch_size)):
+        batches = self._batches(len(tokens), dist.per_rank(c.d_batch_size))  # shuffled once: the original's
+        for _ in range(c.d_epochs):                                          # epochs repeat one batch order
+            for idx in batches:
                 with self.d_autocast():
                     if critic:
                         loss, logits = self.d_objective(critic_loss, tokens[idx], labels[idx], c.gp_weight)

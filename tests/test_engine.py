@@ -321,6 +321,65 @@ def test_discriminator_reward_shares_prefix_windows_without_changing_the_rewards
     assert ((q_fast > 0) & (q_fast < 1)).all()
 
 
+# ----- 4. the networks and the schedule are the original's ---------------------------------------------------------
+def test_the_highway_gate_has_no_constant_bias_and_biases_start_glorot_uniform():
+    """The original's discriminator calls highway(..., bias=0): with zero weights and biases the gate is 1/2."""
+    from seqgan.models import Highway
+
+    torch.manual_seed(0)
+    highway = Highway(300)
+    for layer in (highway.transform, highway.gate):
+        limit = math.sqrt(3.0 / 300)  # TensorFlow's Glorot uniform for a vector of 300: fan-in = fan-out = 300
+        assert layer.bias.abs().max() <= limit and layer.bias.abs().max() > 0.9 * limit
+    for p in highway.parameters():
+        torch.nn.init.zeros_(p)
+    x = torch.randn(5, 300)
+    assert torch.allclose(highway(x), 0.5 * x)
+
+
+def test_a_version_1_checkpoint_scores_as_it_did(tmp_path):
+    """Version 1 added a constant -2 inside the highway gate; its discriminator loads into version 2 unchanged."""
+    config = tiny_config()
+    D = Trainer(config, torch.zeros(4, 6, dtype=torch.long)).discriminator.eval()
+    with torch.no_grad():
+        D.highway.gate.bias.normal_()
+    tokens = torch.randint(0, config.vocab_size, (7, config.seq_len))
+    with torch.no_grad():  # version 1's forward pass, written out
+        x = D.features(tokens)
+        h = D.highway
+        gate = torch.sigmoid(x @ h.gate.weight.T + h.gate.bias - 2.0)
+        version_1 = D.output(torch.lerp(x, torch.relu(x @ h.transform.weight.T + h.transform.bias), gate))
+    old = {"format": "seqgan-studio/1", "kind": "tokens", "config": config.to_dict(), "generator": {},
+           "discriminator": {k: v.clone() for k, v in D.state_dict().items()}}
+    loaded = load_bundle(bundle_bytes(old))
+    assert loaded["format"] == FORMAT
+    D.load_state_dict(loaded["discriminator"])
+    with torch.no_grad():
+        assert torch.allclose(D(tokens), version_1, atol=1e-5)
+    assert torch.allclose(old["discriminator"]["highway.gate.bias"] - 2.0, D.highway.gate.bias.detach())
+
+
+def test_discriminator_epochs_of_a_round_repeat_one_shuffled_batch_order(monkeypatch):
+    """The original shuffles positives + negatives once per round and its 3 epochs read the same batches."""
+    config = tiny_config(d_epochs=3)
+    train, _, _ = tiny_task(config)
+    trainer = Trainer(config, train)
+    seen = []
+    original = Discriminator.loss
+
+    def recording(self, logits, labels):
+        seen.append(labels.clone())
+        return original(self, logits, labels)
+
+    monkeypatch.setattr(Discriminator, "loss", recording)
+    trainer.discriminator_round()
+    per_epoch = len(seen) // 3
+    assert per_epoch > 1 and len(seen) == 3 * per_epoch
+    assert all(torch.equal(a, b) for a, b in zip(seen[:per_epoch], seen[per_epoch:2 * per_epoch]))
+    assert all(torch.equal(a, b) for a, b in zip(seen[:per_epoch], seen[2 * per_epoch:]))
+    assert not all(torch.equal(seen[0], s) for s in seen[1:per_epoch])  # shuffled: batches differ
+
+
 # ----- 5. a tiny run through every phase ------------------------------------------------------------------------
 def test_tiny_run_through_all_phases(tmp_path):
     config = tiny_config()
@@ -367,6 +426,10 @@ def test_tiny_run_through_all_phases(tmp_path):
     assert state_equal(bundles["latest"]["discriminator"], trainer.discriminator.state_dict())
     assert state_equal(bundles["seqgan"]["generator"], bundles["latest"]["generator"])
     assert not state_equal(bundles["mle"]["generator"], bundles["seqgan"]["generator"])
+    # The original's LSTM has one bias per gate: nn.LSTM's second bias stays zero through MLE and policy gradient.
+    for role in ("mle", "seqgan"):
+        assert not bundles[role]["generator"]["lstm.bias_hh_l0"].any()
+        assert bundles[role]["generator"]["lstm.bias_ih_l0"].std() > 0
     # mle.pt is the generator at the end of MLE: it reproduces that evaluation's NLL-test.
     G = Generator(config.vocab_size, config.g_emb_dim, config.g_hidden_dim)
     G.load_state_dict(bundles["mle"]["generator"])
@@ -571,12 +634,13 @@ def test_fused_weighted_nll_matches_autograd_loss_and_gradients():
     tokens = torch.randint(0, 37, (9, 7))
     weights = torch.randn(9, 7)  # rewards may be negative once a baseline is subtracted
     reference = -(G.log_probs(tokens) * weights).sum()
-    expected = torch.autograd.grad(reference, list(G.parameters()))
+    trained = [p for p in G.parameters() if p.requires_grad]
+    expected = torch.autograd.grad(reference, trained)
     for chunk in (4, LinearCrossEntropy.CHUNK):  # several chunks, and one chunk holding every row
         old, LinearCrossEntropy.CHUNK = LinearCrossEntropy.CHUNK, chunk
         try:
             fused = G.weighted_nll(tokens, weights)
-            got = torch.autograd.grad(fused, list(G.parameters()))
+            got = torch.autograd.grad(fused, trained)
         finally:
             LinearCrossEntropy.CHUNK = old
         assert torch.allclose(fused, reference, rtol=1e-5, atol=1e-5)
