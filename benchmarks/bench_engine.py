@@ -38,7 +38,7 @@ from seqgan.rollout import discriminator_reward, naive_rollout_rewards, rollout_
 
 def sync(device):
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def timed(fn, device, repeat=1):

@@ -276,6 +276,8 @@ def sequence_nll(generator, tokens: torch.Tensor, eos_id: int | None = None, bat
     import torch.nn.functional as F
 
     device = generator.output.weight.device
+    # The logits of a batch are rows x T x V numbers: at most ~16M (64 MB), whatever the vocabulary and length.
+    batch_size = max(1, min(batch_size, (1 << 24) // max(1, tokens.shape[-1] * generator.vocab_size)))
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size].to(device)

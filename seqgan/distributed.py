@@ -44,6 +44,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 import torch
@@ -131,7 +132,7 @@ class DistContext:
     def close(self) -> None:
         """Leave the process group (call once, at the end of the process's work)."""
         if self.distributed and torch_dist.is_initialized():
-            torch_dist.barrier()  # no rank tears the group down while another still uses it
+            self.barrier()  # no rank tears the group down while another still uses it
             torch_dist.destroy_process_group()
 
     def exit(self, status: int = 0) -> None:
@@ -171,7 +172,10 @@ def setup_from_env(device: str = "auto") -> DistContext:
         on, backend = torch.device("cpu"), "gloo"
     else:
         raise ConfigError(f"device {device!r} cannot train on several ranks; use cpu or cuda")
-    torch_dist.init_process_group(backend, rank=rank, world_size=world_size)  # MASTER_ADDR/PORT: env://
+    # Ranks wait in a collective while rank 0 alone prepares a corpus or evaluates and checkpoints; NCCL's own
+    # limit (10 minutes) would abort them all during a long one. SEQGAN_DIST_TIMEOUT_MINUTES to change.
+    timeout = timedelta(minutes=float(os.environ.get("SEQGAN_DIST_TIMEOUT_MINUTES", "120")))
+    torch_dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)  # MASTER_ADDR/PORT: env://
     return DistContext(rank, world_size, local_rank, on)
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels import LinearCrossEntropy, linear, needs_grad, onednn_applies, pooled_windows
+from .kernels import LinearCrossEntropy, linear, needs_grad, onednn_applies, pooled_windows, rows_per_chunk
 
 PAPER_FILTER_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20)
 PAPER_NUM_FILTERS = (100, 200, 200, 200, 200, 100, 100, 100, 100, 100, 160, 160)
@@ -121,12 +121,13 @@ class Generator(nn.Module):
         return hidden.squeeze(1), state
 
     def draw(self, hidden: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
-             chunk: int = 256) -> torch.Tensor:
+             chunk: int | None = None) -> torch.Tensor:
         """Next token for each row of LSTM output, computing logits a chunk of rows at a time.
 
-        Chunks keep the [rows, V] logits in cache instead of allocating hundreds of MB per step (256 rows
-        measured fastest at V = 5,000).
+        On CPU chunks keep the [rows, V] logits in cache instead of allocating hundreds of MB per step (256 rows
+        measured fastest at V = 5,000); see ``kernels.rows_per_chunk``.
         """
+        chunk = chunk or rows_per_chunk(hidden, 256, self.vocab_size)
         return torch.cat([sample_from_logits(self.logits(hidden[i:i + chunk]), temperature, generator)
                           for i in range(0, len(hidden), chunk)])
 

@@ -14,6 +14,7 @@ pipeline in a few minutes and proves nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
                      "experiment": {"task": task, "preset": preset}}
         run.write_json(run.config, {"config": config.to_dict(), "task": task_info})
     saved = run.read_json(run.config)
-    config = TrainConfig.from_dict(saved["config"])
+    # Where it trains is this call's choice: a run begun on a GPU continues or is scored on a CPU, and back.
+    config = dataclasses.replace(TrainConfig.from_dict(saved["config"]), device=device)
     asked = {**settings, "seed": seed}
     differ = sorted(k for k, v in asked.items() if getattr(config, k) != (list(v) if isinstance(v, tuple) else v))
     if differ:

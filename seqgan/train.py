@@ -180,12 +180,28 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for a config's ``device``; one this machine lacks is a ``ConfigError`` here, not a CUDA
+    error at the first tensor moved there."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {name!r})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} was asked for but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def bf16_capable(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: CPUs do (through oneDNN, fast with AVX-512 BF16); NVIDIA
+    GPUs from Ampere (compute capability 8.0) on. ``torch.cuda.is_bf16_supported()`` also says yes for older
+    GPUs that only emulate it, slower than fp32, and asks about the current GPU rather than this one."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 Evaluator = Callable[[Generator, torch.Generator], dict]
@@ -252,6 +268,21 @@ def critic_loss(D: Discriminator, tokens: torch.Tensor, labels: torch.Tensor, gp
     return loss, logits
 
 
+def on_cpu(data):
+    """``data`` (dicts, lists, tensors) with every tensor on the CPU: a checkpoint made on a GPU then opens with
+    a plain ``torch.load`` on a machine without one."""
+    if isinstance(data, torch.Tensor):
+        return data.cpu()
+    if isinstance(data, dict):  # state dicts are OrderedDicts with module versions in ``_metadata``: kept
+        moved = type(data)((key, on_cpu(value)) for key, value in data.items())
+        if hasattr(data, "_metadata"):
+            moved._metadata = data._metadata
+        return moved
+    if isinstance(data, (list, tuple)):
+        return type(data)(on_cpu(value) for value in data)
+    return data
+
+
 def mean_on_host(values: list[torch.Tensor]) -> float:
     """The mean of per-batch scalars kept on the device, read back once: a read per batch (``loss.item()``)
     would make the CPU wait for a GPU at every batch. Summed in float64, as Python's ``sum`` of floats was."""
@@ -273,9 +304,9 @@ class Trainer:
         self.config = config.validate()
         self.dist = dist
         self.device = dist.device if dist.distributed else resolve_device(config.device)
-        if config.d_precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError(f"d_precision bf16: this GPU ({torch.cuda.get_device_name(self.device)}) cannot "
-                              f"compute in bfloat16; use fp32")
+        if config.d_precision == "bf16" and not bf16_capable(self.device):
+            raise ConfigError(f"d_precision bf16: this GPU ({torch.cuda.get_device_name(self.device)}) has no "
+                              f"native bfloat16 (it needs compute capability 8.0, Ampere, or later); use fp32")
         if train_data.dim() != 2 or train_data.shape[1] != config.seq_len:
             raise ConfigError(f"training data must be [N, {config.seq_len}] token ids, got {list(train_data.shape)}")
         if len(train_data) == 0:
@@ -330,13 +361,13 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         if self.shared_rng is not None:  # several ranks: the shared stream stands for a single process's stream
             rng["cuda" if self.device.type == "cuda" else "torch"] = self.shared_rng.get_state()
-        return {
+        return on_cpu({
             "format": FORMAT, "kind": self.kind, "role": role, "config": self.config.to_dict(),
             "position": {"unit": self.unit, "total": len(self.schedule)},
             "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "rng": rng, "tokenizer": tokenizer_tensor(self.tokenizer), "extra": self.extra,
-        }
+        })
 
     def restore(self, bundle: dict, position: int | None = None, weights_only: bool = False) -> None:
         """Continue from a bundle. ``weights_only`` takes only the networks (to branch a new schedule off it)."""
@@ -420,7 +451,8 @@ class Trainer:
             positives = positives[order[:c.num_negatives]]
         positives = dist.equal_shard(positives)  # equal counts: every rank must run the same number of batches
         tokens = torch.cat([positives, negatives])
-        labels = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).long().to(self.device)
+        labels = torch.cat([torch.ones(len(positives), dtype=torch.long, device=self.device),
+                            torch.zeros(len(negatives), dtype=torch.long, device=self.device)])
         D.train()
         critic = c.critic == "wasserstein"
         losses, correct, seen = [], [], 0

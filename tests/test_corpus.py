@@ -270,6 +270,9 @@ def test_an_interrupted_experiment_seed_resumes_with_the_same_command(tmp_path):
     out = tmp_path / "interrupted"
     with pytest.raises(Interrupted):
         run_experiment("poems", "demo", [1], out, str(corpus_file), "cpu", log=log_until_adversarial, **settings)
+    saved = json.loads((out / "seed1" / "config.json").read_text())  # as if the seed had begun on a GPU:
+    saved["config"]["device"] = "cuda:0"                               # it continues where this call says
+    (out / "seed1" / "config.json").write_text(json.dumps(saved))
     logs = []
     assert run_experiment("poems", "demo", [1], out, str(corpus_file), "cpu", log=logs.append, **settings) == whole
     assert "[poems seed 1]: units 4..6" in logs  # 2 MLE epochs, 1 D round and 1 iteration were kept

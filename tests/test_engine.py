@@ -571,6 +571,39 @@ def test_trainer_refuses_data_that_does_not_fit_the_config():
         Trainer(config, torch.zeros(4, 5, dtype=torch.long))
 
 
+def test_devices_this_machine_lacks_are_configuration_errors(monkeypatch):
+    """A bad device string, or a GPU index beyond the GPUs there are, is a ConfigError naming the device (here
+    torch is told it has one GPU: this machine has none)."""
+    from seqgan.train import bf16_capable, resolve_device
+
+    with pytest.raises(ConfigError, match="cuda:x"):
+        resolve_device("cuda:x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ConfigError, match=r"'cuda:1'.* 1 GPU\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:1")
+    # bf16 is native from compute capability 8.0 (Ampere); the question is asked of the run's own GPU
+    capability = {0: (7, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability[device.index])
+    assert not bf16_capable(torch.device("cuda", 0)) and bf16_capable(torch.device("cuda", 1))
+    assert bf16_capable(torch.device("cpu"))
+
+
+def test_checkpoints_hold_cpu_tensors_and_state_dicts_keep_their_metadata():
+    from seqgan.kernels import rows_per_chunk
+    from seqgan.train import on_cpu
+
+    state = torch.nn.Linear(3, 2).state_dict()
+    moved = on_cpu({"g": state, "opt": [torch.ones(2), (torch.zeros(1), 5)], "n": 3})
+    assert type(moved["g"]) is type(state) and moved["g"]._metadata == state._metadata
+    assert isinstance(moved["opt"][1], tuple) and moved["n"] == 3
+    assert all(t.device.type == "cpu" for t in (*moved["g"].values(), moved["opt"][0], moved["opt"][1][0]))
+    # chunks of rows: cache-sized on CPU; on other devices (here the meta device stands for a GPU) ~256 MB
+    assert rows_per_chunk(torch.empty(10, device="cpu"), 256, 5000) == 256
+    assert rows_per_chunk(torch.empty(10, device="meta"), 256, 5000) == (1 << 26) // 5000
+
+
 class _RunsACommand:
     """Unpickling this runs a shell command: a hostile checkpoint or oracle file."""
 
