@@ -1,4 +1,5 @@
-"""The ``seqgan`` command line: train | sample | bleu | oracle nll|run|table | experiment poems|music.
+"""The ``seqgan`` command line: train | sample | bleu | oracle nll|run|table | export | experiment poems|music |
+study stability|lengths.
 
 Every training option is a field of ``TrainConfig`` (``--mle-epochs 120``, ``--d-filter-sizes 1 2 3`` ...).
 Errors about the user's input print one line naming the problem and exit with status 2.
@@ -26,19 +27,31 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    from .train import CHOICES, TrainConfig
+# Options that the experiment commands decide themselves: the seeds come from --seeds, the data from the oracle
+# or corpus, and each model's reward from the experiment.
+DECIDED_BY_EXPERIMENTS = ("seed", "vocab_size", "seq_len", "start_token", "reward", "bleu_n")
+
+
+def add_config_options(parser: argparse.ArgumentParser, decided_here=()) -> None:
+    """A flag for every TrainConfig field (``--mle-epochs``, ``--d-filter-sizes 1 2 3`` ...) but those in
+    ``decided_here``, which this command sets itself."""
+    from .train import CHOICES, OPTION_HELP, TrainConfig
 
     group = parser.add_argument_group("training configuration (defaults: the original SeqGAN code)")
+    defaults = TrainConfig().to_dict()
     for f in dataclasses.fields(TrainConfig):
+        if f.name in decided_here:
+            continue
         flag = "--" + f.name.replace("_", "-")
-        if f.name.startswith("d_filter") or f.name.startswith("d_num"):
-            group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None)
+        default = "the paper's that fit seq_len" if f.name.startswith(("d_filter", "d_num")) else defaults[f.name]
+        help_text = f"{OPTION_HELP[f.name]} (default: {default})"
+        if f.name.startswith(("d_filter", "d_num")):
+            group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, metavar="N", help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            choices = CHOICES.get(f.name)  # checked by TrainConfig.validate, whose message names the option
-            group.add_argument(flag, dest=f.name, type=kind, default=None,
-                               help=f"one of: {', '.join(choices)}" if choices else None)
+            # choices are checked by TrainConfig.validate, whose message names the option
+            group.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
+                               metavar="|".join(CHOICES[f.name]) if f.name in CHOICES else None)
 
 
 def config_overrides(args) -> dict:
@@ -239,7 +252,6 @@ def cmd_oracle_nll(args) -> int:
 def experiment_settings(args, default_out: str) -> tuple[dict, str, Path]:
     """Config overrides (the seeds come from --seeds), device and output folder of an experiment command."""
     overrides = config_overrides(args)
-    overrides.pop("seed", None)
     device = overrides.pop("device", "auto")
     return overrides, device, Path(args.out or default_out)
 
@@ -356,11 +368,22 @@ def cmd_study(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated options: argparse would take ``--seed`` for ``--seeds`` and ``--reward`` for
+    ``--reward-norm``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+
+THREADS_HELP = "torch CPU threads (default 1; SEQGAN_THREADS)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments import MODELS, PRESETS
 
-    parser = argparse.ArgumentParser(prog="seqgan", description="SeqGAN Studio command line")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1; SEQGAN_THREADS)")
+    parser = Parser(prog="seqgan", description="SeqGAN Studio command line")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train SeqGAN (and its MLE baseline) into a run directory")
@@ -379,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SentencePiece model for text (default: char for space-separated characters, "
                             "else unigram); --vocab-size is its vocabulary")
     train.add_argument("--quiet", action="store_true")
-    add_config_options(train)
+    add_config_options(train, decided_here=("reward", "bleu_n"))  # PG-BLEU: oracle run's model
     train.set_defaults(func=cmd_train)
 
     sample = sub.add_parser("sample", help="generate sequences from a checkpoint")
@@ -411,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--oracle-params", help="the paper's oracle (target_params.pkl); default: random per seed")
     run.add_argument("--out", help="output folder (default results/oracle-PRESET); finished runs there are kept, "
                                    "unfinished ones resume")
-    add_config_options(run)
+    add_config_options(run, decided_here=tuple(n for n in DECIDED_BY_EXPERIMENTS if n not in ("seq_len", "bleu_n")))
     run.set_defaults(func=cmd_oracle_run)
     table = osub.add_parser("table", help="rebuild Table 1 and Figure 2 from seeds already run into --out")
     table.add_argument("--out", required=True)
@@ -431,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--seeds", type=int, nargs="+", default=[1])
     experiment.add_argument("--corpus", help="default: the paper's corpus in ../shared/corpora")
     experiment.add_argument("--out", help="output folder (default results/TASK-PRESET)")
-    add_config_options(experiment)
+    add_config_options(experiment, DECIDED_BY_EXPERIMENTS)
     experiment.set_defaults(func=cmd_experiment)
 
     from .studies import VARIANTS
@@ -449,8 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "unfinished ones resume")
     study.add_argument("--report-only", action="store_true",
                        help="train nothing: write the report from the runs already in --out")
-    add_config_options(study)
+    add_config_options(study, DECIDED_BY_EXPERIMENTS)
     study.set_defaults(func=cmd_study)
+
+    for command in [*sub.choices.values(), *osub.choices.values()]:  # also after the command: seqgan train --threads 2
+        if command is not oracle:
+            command.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
     return parser
 
 

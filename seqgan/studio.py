@@ -32,6 +32,7 @@ from . import jobs
 from .checkpoint import atomic_write_bytes, load_bundle, tokenizer_bytes
 from .errors import ConfigError, InputError, SeqGANError
 from .runs import RunDir
+from .train import OPTION_HELP as TRAIN_OPTION_HELP
 
 DEMO_ENV = "SEQGAN_DEMO_DIR"
 DEMO_ROOT = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -247,31 +248,20 @@ OPTION_GROUPS = {
                                      "scheduled_sampling", "grad_clip"],
     "Discriminator": ["d_emb_dim", "d_filter_sizes", "d_num_filters", "d_dropout_keep", "d_l2", "d_lr",
                       "d_batch_size", "d_pretrain_rounds", "d_epochs", "num_negatives"],
-    "Adversarial training": ["adv_iters", "g_steps", "d_steps", "rollouts", "pg_lr", "reward", "bleu_n"],
+    "Adversarial training": ["adv_iters", "g_steps", "d_steps", "rollouts", "pg_lr"],  # PG-BLEU: oracle run
     "Beyond the paper (stability options, off by default)": ["baseline", "reward_norm", "critic", "gp_weight"],
     "Speed (beyond the paper, off by default)": ["d_precision"],
     "Evaluation and checkpoints": ["eval_every", "eval_samples", "checkpoint_seconds"],
 }
-OPTION_HELP = {
+OPTION_HELP = {  # train.OPTION_HELP, worded for the app's boxes where the corpus or an empty box matters
+    **TRAIN_OPTION_HELP,
     "vocab_size": "Text: SentencePiece vocabulary (ids). Melodies: fixed by the pitch range. Oracle: 5,000.",
     "seq_len": "Tokens per sequence. Text: empty = long enough for 99% of the lines. Melodies: steps per window.",
-    "scheduled_sampling": "Final chance of feeding G its own token during MLE (0 = plain MLE).",
     "d_filter_sizes": "Convolution widths, separated by spaces. Empty: the paper's that fit seq_len.",
     "d_num_filters": "Feature maps per width, separated by spaces (as many as widths).",
-    "num_negatives": "Generated sequences per discriminator round (and as many real ones).",
-    "rollouts": "Monte-Carlo completions per prefix for the rewards.",
-    "reward": "discriminator = SeqGAN. (bleu = PG-BLEU, needs the oracle experiment: not available here.)",
-    "baseline": "mean: subtract the batch-mean reward at each step (variance reduction; the paper has none).",
-    "reward_norm": "std: standardise the rewards at each step over the batch (mean 0, sd 1); the paper has none.",
-    "critic": "wasserstein: train D as a WGAN-GP critic and use its score as the reward, instead of the "
-              "classifier's P(real) (the paper's).",
-    "gp_weight": "Gradient-penalty weight of the Wasserstein critic (WGAN-GP's lambda; unused by the classifier).",
     "d_precision": "bf16: train and run the discriminator in bfloat16 (weights, optimizer and losses stay fp32; "
                    "G stays fp32). Meant for GPUs with bf16 tensor cores (not yet measured); on the benchmark "
                    "CPU only ~1.1x faster, with a slightly smaller SeqGAN gain (RESULTS.md).",
-    "eval_every": "Evaluate the generator every N units of the MLE and adversarial phases.",
-    "eval_samples": "Generated sequences per evaluation (BLEU, NLL-oracle, Self-BLEU).",
-    "checkpoint_seconds": "Save latest.pt at least this often (and at the end of every phase).",
 }
 
 
@@ -287,7 +277,7 @@ class OptionSpec:
 
 def option_specs(preset: str, kind: str) -> list[OptionSpec]:
     """The advanced options with the preset's values as defaults, for a corpus of ``kind``."""
-    from .train import CHOICES, REWARDS, TrainConfig
+    from .train import CHOICES, TrainConfig
 
     p = PRESETS[preset]
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -303,8 +293,7 @@ def option_specs(preset: str, kind: str) -> list[OptionSpec]:
             if name == "vocab_size":
                 default = {"text": p.text_vocab_size, "music": None}.get(kind, default)
             ftype = "list" if name.startswith(("d_filter", "d_num")) else str(fields[name].type)
-            choices = list(REWARDS[:1]) if name == "reward" else list(CHOICES.get(name, [])) or None
-            specs.append(OptionSpec(name, group, ftype, default, OPTION_HELP.get(name, ""), choices))
+            specs.append(OptionSpec(name, group, ftype, default, OPTION_HELP[name], list(CHOICES.get(name, [])) or None))
     return specs
 
 

@@ -56,7 +56,6 @@ from .runs import RunDir
 # A stop request for the whole process: the experiment and study commands set it on SIGTERM or Ctrl-C, and the
 # Trainer that is running finishes its unit, saves latest.pt and stops; run_to_end then raises Stopped.
 STOP = threading.Event()
-PHASES = ("mle", "d_pretrain", "adversarial")
 SAMPLES_KEPT = 32  # sequences written to samples/ at each evaluation
 REWARDS = ("discriminator", "bleu")
 BASELINES = ("none", "mean")
@@ -65,6 +64,46 @@ CRITICS = ("classifier", "wasserstein")
 PRECISIONS = ("fp32", "bf16")
 CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS,
            "d_precision": PRECISIONS}
+# What each TrainConfig field means, for the command line's --help and the app's option boxes.
+OPTION_HELP = {
+    "vocab_size": "token ids 0..vocab_size-1 (a corpus decides it; for text, the SentencePiece vocabulary)",
+    "seq_len": "tokens per sequence (a corpus decides it unless given)",
+    "start_token": "the generator's first input (the original: 0, also an ordinary token)",
+    "g_emb_dim": "generator embedding size",
+    "g_hidden_dim": "generator LSTM size",
+    "batch_size": "sequences per MLE batch and per policy-gradient step",
+    "mle_epochs": "MLE pre-training epochs",
+    "mle_lr": "MLE learning rate (Adam)",
+    "scheduled_sampling": "final chance of feeding G its own token during MLE (0 = plain MLE)",
+    "grad_clip": "global-norm clip of the generator's gradients",
+    "d_emb_dim": "discriminator embedding size",
+    "d_filter_sizes": "convolution widths",
+    "d_num_filters": "feature maps per width (as many as widths)",
+    "d_dropout_keep": "discriminator dropout keep probability",
+    "d_l2": "L2 weight on the discriminator's output layer",
+    "d_lr": "discriminator learning rate (Adam)",
+    "d_batch_size": "discriminator batch size",
+    "d_pretrain_rounds": "discriminator pre-training rounds (fresh negatives each)",
+    "d_epochs": "discriminator epochs per round",
+    "num_negatives": "generated sequences per discriminator round (and as many real ones)",
+    "d_precision": "bf16: the discriminator trains and scores in bfloat16 (weights, Adam and rewards stay fp32)",
+    "adv_iters": "adversarial iterations",
+    "g_steps": "policy-gradient steps per adversarial iteration",
+    "d_steps": "discriminator rounds per adversarial iteration",
+    "rollouts": "Monte-Carlo completions per prefix for the rewards",
+    "pg_lr": "policy-gradient learning rate (Adam)",
+    "reward": "discriminator (SeqGAN) or bleu (PG-BLEU, which the oracle experiment sets up)",
+    "bleu_n": "PG-BLEU's n-gram order",
+    "baseline": "mean: subtract the batch-mean reward at each step (variance reduction; the paper has none)",
+    "reward_norm": "std: standardise the rewards at each step over the batch (the paper does not)",
+    "critic": "wasserstein: D is a WGAN-GP critic and its score the reward, instead of the classifier's P(real)",
+    "gp_weight": "the Wasserstein critic's gradient-penalty weight (WGAN-GP's lambda)",
+    "eval_every": "evaluate the generator every N units of the MLE and adversarial phases",
+    "eval_samples": "generated sequences per evaluation",
+    "seed": "random seed",
+    "device": "auto (CUDA when there is one), cpu, cuda or cuda:N",
+    "checkpoint_seconds": "save latest.pt at least this often (and at the end of every phase)",
+}
 
 
 @dataclass

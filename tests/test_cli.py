@@ -180,7 +180,7 @@ def test_bleu_prints_seqgan_metrics_bleu_last(tmp_path, capsys):
     (["--mle-epochs", "-1"], "mle_epochs"),
     (["--seq-len", "4", "--d-filter-sizes", "2", "5", "--d-num-filters", "3", "3"], "d_filter_sizes"),
     (["--d-filter-sizes", "2", "3", "--d-num-filters", "4"], "d_num_filters"),
-    (["--reward", "foo"], "reward"),
+    (["--baseline", "max"], "baseline"),
     (["--d-dropout-keep", "0"], "d_dropout_keep"),
     (["--mle-lr", "nan"], "mle_lr"),
 ])
@@ -188,6 +188,30 @@ def test_train_with_a_bad_option_prints_an_error_and_exits_2(tmp_path, capsys, r
     status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", *options)
     assert_error(status, err, name)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("command", [["experiment", "poems"], ["study", "stability"], ["oracle", "run"],
+                                     ["train", "--run-dir", "never-made"]])
+def test_commands_refuse_options_they_decide_themselves(capsys, command):
+    """Seeds come from --seeds, the data's sizes from the corpus or oracle, the reward from the experiment: such an
+    option was silently dropped, or crashed, before it was refused."""
+    from seqgan.train import OPTION_HELP, TrainConfig
+
+    option = {"train": "--reward", "oracle": "--vocab-size"}.get(command[0], "--seq-len")
+    with pytest.raises(SystemExit) as exited:
+        main([*command, option, "7"])
+    assert exited.value.code == 2 and f"unrecognized arguments: {option} 7" in capsys.readouterr().err
+    assert OPTION_HELP.keys() == TrainConfig().to_dict().keys()  # every option has its help
+
+
+def test_threads_can_come_before_or_after_the_command():
+    from seqgan.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--threads", "3", "train", "--run-dir", "r"]).threads == 3
+    assert parse(["train", "--run-dir", "r", "--threads", "2"]).threads == 2
+    assert parse(["oracle", "nll", "--params", "p", "f", "--threads", "2"]).threads == 2
+    assert parse(["train", "--run-dir", "r"]).threads is None
 
 
 def test_train_with_a_missing_data_file_exits_2(tmp_path, capsys, restore_sigterm):

@@ -205,7 +205,7 @@ def test_newcomer_journey_in_a_real_browser(server, page, tmp_path):
     settle(page)
     page.get_by_text("Advanced options (every field of TrainConfig)").click()
     settle(page)
-    epochs = page.get_by_label("mle epochs").filter(visible=True)
+    epochs = page.get_by_label("mle epochs", exact=True).filter(visible=True)
     epochs.fill("5000")
     epochs.press("Tab")
     settle(page)
