@@ -17,13 +17,18 @@ from pathlib import Path
 
 import torch
 
-from .errors import SeqGANError, Stopped
+from .errors import ConfigError, SeqGANError, Stopped
 
 
 def set_threads(threads: int | None) -> None:
     """Torch's intra-op threads. Default 1 on a CPU: on small machines, 2 threads measured up to 14x slower
     than 1 when the other core was busy (see BENCHMARKS.md). Set --threads or SEQGAN_THREADS to change it."""
-    threads = threads or int(os.environ.get("SEQGAN_THREADS", "1"))
+    if threads is None:
+        value = os.environ.get("SEQGAN_THREADS", "1")
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ConfigError(f"SEQGAN_THREADS must be a whole number of threads (got {value!r})") from None
     torch.set_num_threads(max(1, threads))
 
 
@@ -484,8 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    set_threads(args.threads)
     try:
+        set_threads(args.threads)
         return args.func(args)
     except Stopped as exc:
         print(f"stopped: {exc}", file=sys.stderr)

@@ -9,8 +9,8 @@ Events (what this module passes around, a plain ``list[int]``)
     ``HOLD`` (-2)     no event: whatever sounded at the previous step (a note or silence) goes on
 
 Grid
-    ``steps_per_quarter`` steps per quarter note, 4 by default: one step is a sixteenth note, as in the
-    SeqGAN paper's Nottingham windows of 32 steps (two bars of 4/4).
+    ``steps_per_quarter`` steps per quarter note, 4 by default: one step is a sixteenth note (Magenta's melody
+    grid; the SeqGAN paper instead sampled the pitch every 0.4 s), so a window of 32 steps is two bars of 4/4.
 
 Token ids (``MelodyTokenizer``), dense and small
     0 = REST, 1 = HOLD, 2 + (p - low) = note-on of pitch p for low <= p <= high.

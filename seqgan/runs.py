@@ -7,6 +7,10 @@
         checkpoints/     latest.pt, mle.pt (the MLE baseline), seqgan.pt (end of adversarial training)
         samples/         generated sequences at evaluation points
         log.txt          human-readable log
+        train.txt        the training sequences, token ids (what the run trains on; a resume reads them again)
+        heldout.txt      the held-out sequences, token ids (NLL-test, BLEU references)
+        tokenizer.bin    the corpus's tokenizer (text or melody runs)
+        oracle.pt        the oracle (oracle runs of ``seqgan train``)
         job.json         written by the app when it starts the run in the background (``seqgan.jobs``)
         output.txt       that background process's stdout and stderr
 """

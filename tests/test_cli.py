@@ -204,6 +204,12 @@ def test_commands_refuse_options_they_decide_themselves(capsys, command):
     assert OPTION_HELP.keys() == TrainConfig().to_dict().keys()  # every option has its help
 
 
+def test_a_bad_thread_count_in_the_environment_is_an_error_not_a_traceback(capsys, monkeypatch):
+    monkeypatch.setenv("SEQGAN_THREADS", "two")
+    status, _, err = run_cli(capsys, "bleu", "--refs", "r.txt", "--hyps", "h.txt")
+    assert_error(status, err, "SEQGAN_THREADS")
+
+
 def test_threads_can_come_before_or_after_the_command():
     from seqgan.cli import build_parser
 
