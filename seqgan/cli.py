@@ -78,11 +78,56 @@ def corpus_progress(quiet: bool):
     return show
 
 
+def begin_run(args, run) -> tuple:
+    """A new run: its config from the options and the data source (a corpus, a token-id file or an oracle), and
+    the data written into the run directory, which every later attempt trains from. Returns (config, task)."""
+    from .corpus import load_corpus, read_token_file, write_token_file
+    from .oracle import load_oracle, random_oracle, write_task
+    from .train import TrainConfig
+
+    if run.config.exists():
+        raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
+    overrides = config_overrides(args)
+    corpus = None
+    if args.corpus:
+        corpus = load_corpus(args.corpus, args.corpus_kind, vocab_size=overrides.pop("vocab_size", None),
+                             model_type=args.tokenizer_model, seq_len=overrides.pop("seq_len", None),
+                             test_fraction=args.test_fraction, seed=overrides.get("seed", 0),
+                             progress=corpus_progress(args.quiet))
+        overrides.update(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token)
+        task = {"kind": corpus.kind, "source": str(args.corpus), "corpus": corpus.summary()}
+    elif args.data:
+        tokens = read_token_file(args.data)
+        overrides["seq_len"] = tokens.shape[1]
+        overrides.setdefault("vocab_size", int(tokens.max()) + 1)
+        task = {"kind": "tokens", "source": str(args.data)}
+    else:
+        task = {"kind": "oracle", "oracle_params": args.oracle_params, "num_train": args.num_train}
+    config = TrainConfig(**overrides).validate()
+    run.create()
+    if corpus is not None:
+        for line in corpus.notes + [f"left out: {problem}" for problem in corpus.problems]:
+            run.log_line(line)
+            if not args.quiet:
+                print(line, flush=True)
+        corpus.write(run.path)
+    elif args.data:
+        order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(config.seed))
+        n_test = int(len(tokens) * args.test_fraction)
+        write_token_file(tokens[order[n_test:]], run.path / "train.txt")
+        write_token_file(tokens[order[:n_test]], run.path / "heldout.txt")
+    else:
+        oracle = load_oracle(args.oracle_params) if args.oracle_params else \
+            random_oracle(config.seed, config.vocab_size)
+        write_task(oracle, run.path, args.num_train, config.seq_len, config.seed)
+    run.write_json(run.config, {"config": config.to_dict(), "task": task})
+    return config, task
+
+
 def cmd_train(args) -> int:
     from .checkpoint import load_bundle
-    from .corpus import (corpus_evaluator, load_corpus, read_token_file, sequence_nll, tokenizer_from_bytes,
-                         write_token_file)
-    from .oracle import load_oracle, oracle_evaluator, random_oracle, save_oracle
+    from .corpus import corpus_evaluator, read_token_file, sequence_nll, tokenizer_from_bytes
+    from .oracle import load_oracle, oracle_evaluator
     from .runs import RunDir
     from .train import TrainConfig, Trainer, resolve_device
     from .distributed import setup_from_env
@@ -100,46 +145,7 @@ def cmd_train(args) -> int:
             config.device = args.device
         task = saved["task"]
     else:
-        if run.config.exists():
-            raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
-        overrides = config_overrides(args)
-        corpus = None
-        if args.corpus:
-            corpus = load_corpus(args.corpus, args.corpus_kind, vocab_size=overrides.pop("vocab_size", None),
-                                 model_type=args.tokenizer_model, seq_len=overrides.pop("seq_len", None),
-                                 test_fraction=args.test_fraction, seed=overrides.get("seed", 0),
-                                 progress=corpus_progress(args.quiet))
-            overrides.update(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token)
-            task = {"kind": corpus.kind, "source": str(args.corpus), "corpus": corpus.summary()}
-        elif args.data:
-            train = read_token_file(args.data)
-            overrides["seq_len"] = train.shape[1]
-            overrides.setdefault("vocab_size", int(train.max()) + 1)
-            task = {"kind": "tokens", "source": str(args.data)}
-        else:
-            task = {"kind": "oracle", "oracle_params": args.oracle_params, "num_train": args.num_train}
-        config = TrainConfig(**overrides).validate()
-        run.create()
-        if corpus is not None:
-            for line in corpus.notes + [f"left out: {problem}" for problem in corpus.problems]:
-                run.log_line(line)
-                if not args.quiet:
-                    print(line, flush=True)
-            corpus.write(run.path)
-        elif args.data:
-            generator = torch.Generator().manual_seed(config.seed)
-            order = torch.randperm(len(train), generator=generator)
-            n_test = int(len(train) * args.test_fraction)
-            write_token_file(train[order[n_test:]], run.path / "train.txt")
-            write_token_file(train[order[:n_test]], run.path / "heldout.txt")
-        else:
-            oracle = load_oracle(args.oracle_params) if args.oracle_params else \
-                random_oracle(config.seed, config.vocab_size)
-            torch.manual_seed(config.seed)
-            write_token_file(oracle.sample(args.num_train, config.seq_len), run.path / "train.txt")
-            write_token_file(oracle.sample(min(args.num_train, 2000), config.seq_len), run.path / "heldout.txt")
-            save_oracle(oracle, run.path / "oracle.pt")
-        run.write_json(run.config, {"config": config.to_dict(), "task": task})
+        config, task = begin_run(args, run)
         dist.barrier()
 
     device = dist.device if dist.distributed else resolve_device(config.device)

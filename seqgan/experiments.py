@@ -26,10 +26,9 @@ import torch
 
 from .checkpoint import load_bundle
 from .metrics import BleuScorer, mean_sd, over_seeds
-from .corpus import write_token_file
 from .errors import ConfigError
 from .oracle import (PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_arrays, oracle_evaluator,
-                     random_oracle, save_oracle)
+                     random_oracle, write_task)
 from .runs import RunDir
 from .train import TrainConfig, Trainer, resolve_device, run_to_end
 
@@ -103,12 +102,7 @@ def oracle_task(out_dir: Path, seed: int, num_train: int, seq_len: int, oracle_p
                               f"output folder or remove it")
     else:
         task_file.write_text(json.dumps(task, indent=1))
-    torch.manual_seed(seed)
-    train = oracle.sample(num_train, seq_len)
-    heldout = oracle.sample(min(num_train, 2_000), seq_len)
-    save_oracle(oracle, out_dir / "oracle.pt")
-    write_token_file(train, out_dir / "train.txt")
-    write_token_file(heldout, out_dir / "heldout.txt")
+    train, heldout = write_task(oracle, out_dir, num_train, seq_len, seed)
     return oracle, train, heldout
 
 

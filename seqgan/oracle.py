@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write_bytes
-from .corpus import sequence_nll
+from .corpus import sequence_nll, write_token_file
 from .errors import InputError
 from .models import Generator
 
@@ -134,6 +134,20 @@ def save_oracle(oracle: Generator, path: str | Path) -> None:
 
 def load_oracle(path: str | Path) -> Generator:
     return oracle_from_arrays(load_oracle_arrays(path))
+
+
+def write_task(oracle: Generator, folder: str | Path, num_train: int, seq_len: int, seed: int):
+    """The synthetic task as a run holds it: ``num_train`` training and min(num_train, 2,000) held-out sequences
+    of ``seq_len`` sampled from the oracle (seeded), and the oracle, written into ``folder`` (train.txt,
+    heldout.txt, oracle.pt). Returns (train, heldout)."""
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    train = oracle.sample(num_train, seq_len)
+    heldout = oracle.sample(min(num_train, 2_000), seq_len)
+    save_oracle(oracle, folder / "oracle.pt")
+    write_token_file(train, folder / "train.txt")
+    write_token_file(heldout, folder / "heldout.txt")
+    return train, heldout
 
 
 def nll_under(model: Generator, tokens: torch.Tensor, batch_size: int = 2048, temperature: float = 1.0) -> float:
