@@ -145,7 +145,7 @@ def job_state(run: RunDir) -> JobState:
     status = run.read_status() or {}
     pid = job.get("pid") or status.get("pid")
     alive = process_alive(pid, run)
-    device = job.get("device")
+    device = job.get("device") or status.get("device")  # a run started from a terminal has no job.json
     recorded = status.get("state", "")
     # a status written by this job's process (not one left from before a resume)
     fresh = status.get("pid") == pid and status.get("updated", 0) >= job.get("started", 0)

@@ -583,8 +583,9 @@ class Trainer:
     def _status(self, state: str, **fields) -> None:
         if self.run_dir is not None:
             phase, index = self.schedule[min(self.unit, len(self.schedule) - 1)] if self.schedule else ("done", 0)
+            device = f"cuda:{self.device.index or 0}" if self.device.type == "cuda" else self.device.type
             self.run_dir.update_status(state=state, unit=self.unit, units=len(self.schedule), phase=phase,
-                                       step=index, **fields)
+                                       step=index, device=device, **fields)
 
     def run(self) -> str:
         """Run from the current position to the end (or a stop request). Returns 'finished' or 'stopped'."""

@@ -432,3 +432,14 @@ def test_one_job_per_gpu_on_a_machine_with_two(tmp_path, monkeypatch):
         process.kill()
         process.wait()
     assert jobs.free_device(root) == "cuda:0"  # the slot is free again once the job has gone
+    # A run started from a terminal (no job.json) holds the device its trainer writes into status.json.
+    terminal = RunDir(root / "terminal").create()
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(terminal.path)])
+    try:
+        terminal.write_json(terminal.config, {"config": {}, "task": {}})
+        terminal.write_json(terminal.status, {"state": "running", "pid": process.pid, "device": "cuda:0",
+                                              "updated": time.time()})
+        assert jobs.job_state(terminal).active and jobs.free_device(root) == "cuda:1"
+    finally:
+        process.kill()
+        process.wait()

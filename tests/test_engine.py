@@ -437,7 +437,7 @@ def test_tiny_run_through_all_phases(tmp_path):
     assert nll_under(G, heldout) == pytest.approx(last_mle["nll_test"], abs=1e-6)
 
     status = run.read_json(run.status)
-    assert status["state"] == "finished"
+    assert status["state"] == "finished" and status["device"] == "cpu"
     assert status["unit"] == status["units"] == units
 
 
