@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train SeqGAN (and its MLE baseline) into a run directory")
-    train.add_argument("--run-dir", required=True)
+    train.add_argument("--run-dir", required=True, help="the run's folder: created for a new run, read by --resume")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from latest.pt")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--corpus", help="text (.txt) or melodies (MIDI/MusicXML/ABC/kern file, folder or zip), "
@@ -412,48 +412,50 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tokenizer-model", choices=["unigram", "bpe", "char"],
                        help="SentencePiece model for text (default: char for space-separated characters, "
                             "else unigram); --vocab-size is its vocabulary")
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="print nothing but errors (the run's log.txt has it all)")
     add_config_options(train, decided_here=("reward", "bleu_n"))  # PG-BLEU: oracle run's model
     train.set_defaults(func=cmd_train)
 
     sample = sub.add_parser("sample", help="generate sequences from a checkpoint")
-    sample.add_argument("--checkpoint", required=True)
-    sample.add_argument("-n", "--num", type=int, default=10)
-    sample.add_argument("--temperature", type=float, default=1.0)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--checkpoint", required=True, help="a checkpoint (.pt) of seqgan train or the app")
+    sample.add_argument("-n", "--num", type=int, default=10, help="sequences to generate (default 10)")
+    sample.add_argument("--temperature", type=float, default=1.0,
+                        help="below 1: safer, less varied; above 1: more varied (default 1)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same sequences")
     sample.add_argument("--prefix", default="", help="token ids to continue, e.g. '3 17'")
     sample.add_argument("--ids", action="store_true", help="print token ids even for a text checkpoint")
     sample.add_argument("--midi", help="melody checkpoints: also write each sample as DIR/sample-NNN.mid")
     sample.set_defaults(func=cmd_sample)
 
     bleu = sub.add_parser("bleu", help="BLEU-n of hypothesis lines against reference lines (last line: score)")
-    bleu.add_argument("--refs", required=True)
-    bleu.add_argument("--hyps", required=True)
-    bleu.add_argument("-n", type=int, default=4)
+    bleu.add_argument("--refs", required=True, help="reference lines (a text file)")
+    bleu.add_argument("--hyps", required=True, help="hypothesis lines, each scored against all references")
+    bleu.add_argument("-n", type=int, default=4, help="the n-gram order: BLEU-n (default 4)")
     bleu.set_defaults(func=cmd_bleu)
 
     oracle = sub.add_parser("oracle", help="the synthetic-oracle experiment (paper Table 1)")
     osub = oracle.add_subparsers(dest="oracle_command", required=True)
     nll = osub.add_parser("nll", help="mean per-token NLL of FILE's sequences under an oracle (last line)")
-    nll.add_argument("--params", required=True, help="oracle parameters: the paper's .pkl or our .pt")
-    nll.add_argument("file")
+    nll.add_argument("--params", "--oracle-params", dest="params", required=True,
+                     help="oracle parameters: the paper's .pkl or our .pt")
+    nll.add_argument("file", help="token ids, one sequence a line")
     nll.set_defaults(func=cmd_oracle_nll)
     run = osub.add_parser("run", help="train Random, MLE, SS, PG-BLEU and SeqGAN; write Table 1 and Figure 2")
     run.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    run.add_argument("--seeds", type=int, nargs="+", default=[1])
-    run.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    run.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run of every model per seed (default 1)")
+    run.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="default: all five")
     run.add_argument("--oracle-params", help="the paper's oracle (target_params.pkl); default: random per seed")
     run.add_argument("--out", help="output folder (default results/oracle-PRESET); finished runs there are kept, "
                                    "unfinished ones resume")
     add_config_options(run, decided_here=tuple(n for n in DECIDED_BY_EXPERIMENTS if n not in ("seq_len", "bleu_n")))
     run.set_defaults(func=cmd_oracle_run)
     table = osub.add_parser("table", help="rebuild Table 1 and Figure 2 from seeds already run into --out")
-    table.add_argument("--out", required=True)
-    table.add_argument("--seeds", type=int, nargs="+", required=True)
+    table.add_argument("--out", required=True, help="the folder oracle run wrote into (the table is written there)")
+    table.add_argument("--seeds", type=int, nargs="+", required=True, help="the seeds to put in the table")
     table.set_defaults(func=cmd_oracle_table)
     export = sub.add_parser("export", help="copy a run with slim checkpoints (generator only) for sharing")
-    export.add_argument("--run-dir", required=True)
-    export.add_argument("--out", required=True)
+    export.add_argument("--run-dir", required=True, help="the run to copy")
+    export.add_argument("--out", required=True, help="the new folder (absent or empty)")
     export.set_defaults(func=cmd_export)
 
     from .realdata import PRESETS as REAL_PRESETS, TASKS
@@ -462,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "music (BLEU-4, MSE); MLE vs SeqGAN")
     experiment.add_argument("task", choices=sorted(TASKS))
     experiment.add_argument("--preset", choices=sorted(REAL_PRESETS), default="cpu")
-    experiment.add_argument("--seeds", type=int, nargs="+", default=[1])
+    experiment.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed (default 1)")
     experiment.add_argument("--corpus", help="default: the paper's corpus in ../shared/corpora")
     experiment.add_argument("--out", help="output folder (default results/TASK-PRESET)")
     add_config_options(experiment, DECIDED_BY_EXPERIMENTS)
@@ -474,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "variants; the SeqGAN - MLE gap at several sequence lengths")
     study.add_argument("study", choices=["stability", "lengths"])
     study.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
-    study.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    study.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="default: 1 2 3")
     study.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                        help="stability: the adversarial variants to compare")
     study.add_argument("--lengths", type=int, nargs="+", default=[20, 40, 80], help="lengths: sequence lengths")
