@@ -31,7 +31,7 @@ with st.expander("Start a new run", expanded=not runs):
     device = middle.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: a free GPU when there is one")
     tokenizer_model = right.selectbox("Text tokenizer", ["auto", "unigram", "bpe", "char"], disabled=kind != "text")
     options = {}
-    with st.expander("Advanced options (every field of TrainConfig)"):
+    with st.expander("Advanced options (the training configuration)"):
         specs = studio.option_specs(preset, kind)
         for group in studio.OPTION_GROUPS:
             st.markdown(f"**{group}**")

@@ -19,6 +19,7 @@ foreign upload cannot run code. The same file resumes training, samples, downloa
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
@@ -82,19 +83,25 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
     missing = [k for k in REQUIRED_KEYS if k not in bundle]
     if missing:
         raise InputError(name, f"checkpoint is missing {', '.join(missing)}")
-    return upgraded(bundle)
+    return upgraded(bundle, name)
 
 
-def upgraded(bundle: dict) -> dict:
-    """A version 1 bundle as version 2, computing the same functions. Version 1's highway layer added a constant
-    -2 to its gate (the original's ``highway`` default, which the original's discriminator overrides with 0);
-    version 2 adds none, so the constant moves into the gate's bias. (Version 1's generator also trained a
-    second LSTM bias, ``bias_hh``, that version 2 keeps at zero: its values load as they are and stay fixed.)"""
-    if bundle["format"] == "seqgan-studio/1" and isinstance(bundle.get("discriminator"), dict):
-        discriminator = dict(bundle["discriminator"])
-        discriminator["highway.gate.bias"] = discriminator["highway.gate.bias"] - 2.0
+def upgraded(bundle: dict, name: str) -> dict:
+    """A version 1 bundle as version 2, computing the same functions, marked ``upgraded_from``: it samples,
+    scores and compares, but training refuses to continue it (version 1 trained other networks; see
+    ``Trainer.restore``). Version 1's highway layer added a constant -2 to its gate (the original's ``highway``
+    default, which the original's discriminator overrides with 0); version 2 adds none, so the constant moves
+    into the gate's bias. Version 1's generator also had a second LSTM bias, ``bias_hh``: it loads as it is."""
+    if bundle["format"] == FORMAT:
+        return bundle
+    if "discriminator" in bundle:
+        discriminator = copy.copy(bundle["discriminator"])  # a state dict: copy keeps its _metadata
+        gate_bias = discriminator.get("highway.gate.bias") if isinstance(discriminator, dict) else None
+        if not isinstance(gate_bias, torch.Tensor):
+            raise InputError(name, "a version 1 checkpoint without the discriminator's highway.gate.bias")
+        discriminator["highway.gate.bias"] = gate_bias - 2.0
         bundle = {**bundle, "discriminator": discriminator}
-    return {**bundle, "format": FORMAT}
+    return {**bundle, "format": FORMAT, "upgraded_from": bundle["format"]}
 
 
 def tokenizer_tensor(data: bytes | None):

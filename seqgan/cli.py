@@ -37,19 +37,22 @@ def set_threads(threads: int | None) -> None:
 DECIDED_BY_EXPERIMENTS = ("seed", "vocab_size", "seq_len", "start_token", "reward", "bleu_n")
 
 
-def add_config_options(parser: argparse.ArgumentParser, decided_here=()) -> None:
+def add_config_options(parser: argparse.ArgumentParser, decided_here=(), presets: bool = False) -> None:
     """A flag for every TrainConfig field (``--mle-epochs``, ``--d-filter-sizes 1 2 3`` ...) but those in
-    ``decided_here``, which this command sets itself."""
+    ``decided_here``, which this command sets itself. ``presets``: the command's --preset sets the values, and
+    these flags override it."""
     from .train import CHOICES, OPTION_HELP, TrainConfig
 
-    group = parser.add_argument_group("training configuration (defaults: the original SeqGAN code)")
+    group = parser.add_argument_group("training configuration (each overrides the preset's value; the original "
+                                      "code's value is shown)" if presets else
+                                      "training configuration (defaults: the original SeqGAN code)")
     defaults = TrainConfig().to_dict()
     for f in dataclasses.fields(TrainConfig):
         if f.name in decided_here:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = "the paper's that fit seq_len" if f.name.startswith(("d_filter", "d_num")) else defaults[f.name]
-        help_text = f"{OPTION_HELP[f.name]} (default: {default})"
+        help_text = f"{OPTION_HELP[f.name]} ({'original' if presets else 'default'}: {default})"
         if f.name.startswith(("d_filter", "d_num")):
             group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, metavar="N", help=help_text)
         else:
@@ -447,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--oracle-params", help="the paper's oracle (target_params.pkl); default: random per seed")
     run.add_argument("--out", help="output folder (default results/oracle-PRESET); finished runs there are kept, "
                                    "unfinished ones resume")
-    add_config_options(run, decided_here=tuple(n for n in DECIDED_BY_EXPERIMENTS if n not in ("seq_len", "bleu_n")))
+    add_config_options(run, tuple(n for n in DECIDED_BY_EXPERIMENTS if n not in ("seq_len", "bleu_n")), presets=True)
     run.set_defaults(func=cmd_oracle_run)
     table = osub.add_parser("table", help="rebuild Table 1 and Figure 2 from seeds already run into --out")
     table.add_argument("--out", required=True, help="the folder oracle run wrote into (the table is written there)")
@@ -467,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed (default 1)")
     experiment.add_argument("--corpus", help="default: the paper's corpus in ../shared/corpora")
     experiment.add_argument("--out", help="output folder (default results/TASK-PRESET)")
-    add_config_options(experiment, DECIDED_BY_EXPERIMENTS)
+    add_config_options(experiment, DECIDED_BY_EXPERIMENTS, presets=True)
     experiment.set_defaults(func=cmd_experiment)
 
     from .studies import VARIANTS
@@ -485,12 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "unfinished ones resume")
     study.add_argument("--report-only", action="store_true",
                        help="train nothing: write the report from the runs already in --out")
-    add_config_options(study, DECIDED_BY_EXPERIMENTS)
+    add_config_options(study, DECIDED_BY_EXPERIMENTS, presets=True)
     study.set_defaults(func=cmd_study)
 
     for command in [*sub.choices.values(), *osub.choices.values()]:  # also after the command: seqgan train --threads 2
-        if command is not oracle:
-            command.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
+        command.add_argument("--threads", type=int, default=argparse.SUPPRESS, help=THREADS_HELP)
     return parser
 
 

@@ -33,6 +33,7 @@ import torch
 
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError, InputError
+from .kernels import rows_per_chunk
 
 KINDS = ("text", "music")
 BUILTIN = {"poems": "text", "melodies": "music"}
@@ -276,8 +277,10 @@ def sequence_nll(generator, tokens: torch.Tensor, eos_id: int | None = None, bat
     import torch.nn.functional as F
 
     device = generator.output.weight.device
-    # The logits of a batch are rows x T x V numbers: at most ~16M (64 MB), whatever the vocabulary and length.
-    batch_size = max(1, min(batch_size, (1 << 24) // max(1, tokens.shape[-1] * generator.vocab_size)))
+    # The logits of a batch are rows x T x V numbers: on CPU at most ~16M (64 MB, cache-friendlier), elsewhere
+    # the ~256 MB of kernels.rows_per_chunk, whatever the vocabulary and length.
+    width = max(1, tokens.shape[-1] * generator.vocab_size)
+    batch_size = min(batch_size, rows_per_chunk(generator.output.weight, max(1, (1 << 24) // width), width))
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size].to(device)

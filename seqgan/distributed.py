@@ -165,6 +165,9 @@ def setup_from_env(device: str = "auto") -> DistContext:
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} was asked for but CUDA is not available here")
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {local_rank} needs GPU cuda:{local_rank}, but this machine has "
+                              f"{torch.cuda.device_count()}: start at most that many processes per node")
         on = torch.device("cuda", local_rank)
         torch.cuda.set_device(on)
         backend = "nccl"
@@ -174,7 +177,11 @@ def setup_from_env(device: str = "auto") -> DistContext:
         raise ConfigError(f"device {device!r} cannot train on several ranks; use cpu or cuda")
     # Ranks wait in a collective while rank 0 alone prepares a corpus or evaluates and checkpoints; NCCL's own
     # limit (10 minutes) would abort them all during a long one. SEQGAN_DIST_TIMEOUT_MINUTES to change.
-    timeout = timedelta(minutes=float(os.environ.get("SEQGAN_DIST_TIMEOUT_MINUTES", "120")))
+    minutes = os.environ.get("SEQGAN_DIST_TIMEOUT_MINUTES", "120")
+    try:
+        timeout = timedelta(minutes=float(minutes))
+    except ValueError:
+        raise ConfigError(f"SEQGAN_DIST_TIMEOUT_MINUTES must be a number of minutes (got {minutes!r})") from None
     torch_dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)  # MASTER_ADDR/PORT: env://
     return DistContext(rank, world_size, local_rank, on)
 

@@ -228,7 +228,7 @@ class Discriminator(nn.Module):
         return torch.cat([self.pooled_conv(conv, embedded) for conv in self.convs], dim=1)
 
     @staticmethod
-    def pooled_conv(conv: nn.Conv1d, x: torch.Tensor, rows_per_chunk: int = 256) -> torch.Tensor:
+    def pooled_conv(conv: nn.Conv1d, x: torch.Tensor, rows: int = 256) -> torch.Tensor:
         """max over window positions of relu(conv(x)) for embedded x [rows, T', E]: [rows, maps].
 
         With autograd it is the Conv1d. Without (rewards, evaluation) on CPU: each window is a contiguous run
@@ -241,8 +241,8 @@ class Discriminator(nn.Module):
         if needs_grad(x, conv.weight, conv.bias) or not im2col:
             return F.relu(conv(x.transpose(1, 2))).amax(dim=2)
         weight = conv.weight.transpose(1, 2).reshape(maps, width * emb)  # window layout: position-major
-        return torch.cat([pooled_windows(x[i:i + rows_per_chunk], weight, conv.bias, width)
-                          for i in range(0, len(x), rows_per_chunk)])
+        return torch.cat([pooled_windows(x[i:i + rows], weight, conv.bias, width)
+                          for i in range(0, len(x), rows)])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Class logits [B, 2]; class 1 is 'real'."""

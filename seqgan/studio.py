@@ -241,7 +241,8 @@ PRESETS = {
         text_vocab_size=500),
 }
 
-# The advanced options: every TrainConfig field but the ones the corpus decides (start_token) and device.
+# The advanced options: every TrainConfig field but start_token (the corpus decides it), device (a box of its
+# own) and reward/bleu_n (PG-BLEU is a model of the oracle experiment, not an option of a run).
 OPTION_GROUPS = {
     "Data": ["vocab_size", "seq_len", "seed"],
     "Generator (MLE pre-training)": ["g_emb_dim", "g_hidden_dim", "batch_size", "mle_epochs", "mle_lr",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from seqgan.errors import ConfigError, InputError
+from .errors import ConfigError, InputError
 
 DEFAULT_MAX_BYTES = 50_000_000
 # Two lines is the least that is a corpus rather than one string to memorise; more is better.

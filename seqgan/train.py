@@ -101,7 +101,7 @@ OPTION_HELP = {
     "eval_every": "evaluate the generator every N units of the MLE and adversarial phases",
     "eval_samples": "generated sequences per evaluation",
     "seed": "random seed",
-    "device": "auto (CUDA when there is one), cpu, cuda or cuda:N",
+    "device": "auto (CUDA when there is one), cpu, cuda, cuda:N or mps",
     "checkpoint_seconds": "save latest.pt at least this often (and at the end of every phase)",
 }
 
@@ -197,7 +197,7 @@ class TrainConfig:
              f"gp_weight must not be negative (got {self.gp_weight})")
         need(self.checkpoint_seconds >= 0, "checkpoint_seconds must not be negative")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-             f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+             f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
         return self
 
     def to_dict(self) -> dict:
@@ -226,7 +226,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (got {name!r})") from None
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {name!r})") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} was asked for but CUDA is not available here")
@@ -324,7 +324,7 @@ def on_cpu(data):
 
 def mean_on_host(values: list[torch.Tensor]) -> float:
     """The mean of per-batch scalars kept on the device, read back once: a read per batch (``loss.item()``)
-    would make the CPU wait for a GPU at every batch. Summed in float64, as Python's ``sum`` of floats was."""
+    would make the CPU wait for a GPU at every batch. Summed in float64."""
     return torch.stack(values).cpu().double().sum().item() / len(values) if values else 0.0
 
 
@@ -410,6 +410,10 @@ class Trainer:
 
     def restore(self, bundle: dict, position: int | None = None, weights_only: bool = False) -> None:
         """Continue from a bundle. ``weights_only`` takes only the networks (to branch a new schedule off it)."""
+        if "upgraded_from" in bundle:
+            raise ConfigError(f"this checkpoint was made by an earlier version ({bundle['upgraded_from']}), whose "
+                              f"networks differ from the original's (README, Faithfulness): it samples and "
+                              f"scores, but training cannot continue it; start a new run")
         self.generator.load_state_dict(bundle["generator"])
         if "discriminator" in bundle:
             self.discriminator.load_state_dict(bundle["discriminator"])
@@ -583,7 +587,8 @@ class Trainer:
     def _status(self, state: str, **fields) -> None:
         if self.run_dir is not None:
             phase, index = self.schedule[min(self.unit, len(self.schedule) - 1)] if self.schedule else ("done", 0)
-            device = f"cuda:{self.device.index or 0}" if self.device.type == "cuda" else self.device.type
+            device = self.device.type if self.device.type != "cuda" else \
+                f"cuda:{torch.cuda.current_device() if self.device.index is None else self.device.index}"
             self.run_dir.update_status(state=state, unit=self.unit, units=len(self.schedule), phase=phase,
                                        step=index, device=device, **fields)
 

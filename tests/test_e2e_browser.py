@@ -203,7 +203,7 @@ def test_newcomer_journey_in_a_real_browser(server, page, tmp_path):
     page.get_by_text("Start a new run").click()
     page.get_by_text("Smoke test (seconds)").click()
     settle(page)
-    page.get_by_text("Advanced options (every field of TrainConfig)").click()
+    page.get_by_text("Advanced options (the training configuration)").click()
     settle(page)
     epochs = page.get_by_label("mle epochs", exact=True).filter(visible=True)
     epochs.fill("5000")
