@@ -9,12 +9,14 @@ overrides). Needs Debian's ``chromium`` (/usr/bin/chromium) and ``pip install pl
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,42 @@ def shot(page, name: str, height: int = 1500) -> None:
     page.set_viewport_size({"width": 1400, "height": 1500})
 
 
+def runs_report(root: Path) -> str:
+    """Every run's state, status.json and end of output, and the end of the server's log."""
+    from seqgan import jobs
+    from seqgan.runs import RunDir
+
+    lines = []
+    for path in sorted((root / "runs").iterdir()) if (root / "runs").is_dir() else []:
+        run = RunDir(path)
+        lines += [f"--- run {path.name}: {jobs.job_state(run)}", f"status: {run.read_status()}",
+                  *run.tail(run.output, 15)]
+    log = root / "server.log"
+    lines += ["--- server.log", *(log.read_text(errors="replace").splitlines()[-30:] if log.exists() else [])]
+    return "\n".join(lines)
+
+
+@contextmanager
+def reported(root: Path):
+    """On a failure, add what the runs and the server were doing to the error."""
+    try:
+        yield
+    except Exception as exc:
+        raise AssertionError(f"{type(exc).__name__}: {exc}\n{runs_report(root)}") from exc
+
+
+def wait_until_running(root: Path, timeout: float = 120.0):
+    """The newest run, once its job says 'running' (its process may take a while to read its corpus)."""
+    from seqgan import jobs
+    from seqgan.runs import RunDir
+
+    runs = [RunDir(p) for p in (root / "runs").iterdir() if (p / "job.json").exists()]
+    run = max(runs, key=lambda r: jobs.read_job(r)["started"])
+    state = jobs.wait(run, states=("running", "finished", "failed", "stopped", "interrupted"), timeout=timeout)
+    assert state.state == "running", f"run {run.name} is {state.state}, not running"
+    return run
+
+
 def settle(page) -> None:
     """Wait until the app has finished its rerun (Streamlit shows a status widget while it runs)."""
     page.wait_for_timeout(300)
@@ -141,7 +179,12 @@ def page(browser):
 
 def test_newcomer_journey_in_a_real_browser(server, page, tmp_path):
     url, root = server.url, server.root
+    with reported(root):
+        journey(page, url, root, server, tmp_path)
+    page.close()  # closed: no failure screenshot
 
+
+def journey(page, url, root, server, tmp_path) -> None:
     # 1. a deep link on a freshly started server opens the page itself
     page.goto(f"{url}/Compare")
     page.get_by_role("heading", name="Compare MLE and SeqGAN").wait_for()
@@ -211,10 +254,11 @@ def test_newcomer_journey_in_a_real_browser(server, page, tmp_path):
     settle(page)
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Started run").wait_for()
-    page.get_by_text("state running", exact=False).wait_for(timeout=60_000)
+    long_run = wait_until_running(root)
+    sync_api.expect(page).to_have_url(re.compile(f"run={long_run.name}"))  # the page watches the new run
+    page.get_by_text("state running", exact=False).wait_for()
     from seqgan import jobs
 
-    long_run = next(r for r, _ in jobs.active_runs(root / "runs"))
     try:
         server.stop()
         assert jobs.job_state(long_run).state == "running"  # Ctrl-C of the server does not reach the job
@@ -234,4 +278,3 @@ def test_newcomer_journey_in_a_real_browser(server, page, tmp_path):
     page.get_by_role("heading", name="SeqGAN Studio").wait_for()
     page.locator("audio").first.wait_for()
     shot(page, "6-start")
-    page.close()  # closed: no failure screenshot
