@@ -242,6 +242,8 @@ def journey(page, url, root, server, tmp_path) -> None:
     assert saved.read_bytes() == (root / "runs" / run_id / "checkpoints" / "seqgan.pt").read_bytes()
 
     # 6. a longer run keeps training through a restart of the server, and stops from the new one
+    from seqgan import jobs
+
     sidebar(page, "Train")
     page.get_by_text("Start a new run").click()
     page.get_by_text("Smoke test (seconds)").click()
@@ -255,10 +257,10 @@ def journey(page, url, root, server, tmp_path) -> None:
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Started run").wait_for()
     long_run = wait_until_running(root)
+    command = jobs.read_job(long_run)["command"]
+    assert command[command.index("--mle-epochs") + 1] == "5000", command  # the edited option reached the job
     sync_api.expect(page).to_have_url(re.compile(f"run={long_run.name}"))  # the page watches the new run
     page.get_by_text("state running", exact=False).wait_for()
-    from seqgan import jobs
-
     try:
         server.stop()
         assert jobs.job_state(long_run).state == "running"  # Ctrl-C of the server does not reach the job
