@@ -3,7 +3,16 @@
 For each piece it prints wall time for our code, for our code with plain torch kernels (torch's own layers and
 the unfused Adam: ``plain_torch``) and for a naive reference, the floating-point work our code does, and the
 floor that work implies at the best fp32 matmul rate measured at the start of the same run (a 2048^3 GEMM
-through torch.mm and, on CPU, oneDNN); the naive reference does more work for the G step (no windows shared):
+through torch.mm and, on CPU, oneDNN); the naive reference does more work for the G step (no windows shared).
+
+A second floor, "full", adds what a matmul rate does not count, each at a rate measured in the same run:
+- one softmax over every logit (exact sampling and the likelihood's normaliser need every exponential), at
+  the rate of torch.softmax over a cache-sized [128, 5000] block;
+- where the parameters do not fit in cache (the discriminator's 7 million), the memory traffic they imply at
+  the measured copy bandwidth: forward and backward read the weights and write their gradients (3 passes, which
+  can overlap the products), then Adam reads parameters, gradients and two moments and writes three (7 passes,
+  a phase of its own).
+full = max(matmul floor + softmax floor, forward/backward traffic) + optimizer traffic.
 
     adversarial G step   sample 64, 16 rollouts of every prefix, D scores every completion, PG update
                          reference: per-prefix rollouts that re-read the prefix and draw with torch.multinomial
@@ -31,7 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqgan import kernels, train  # noqa: E402
+from seqgan import cli, kernels, train  # noqa: E402
 from seqgan.models import Discriminator, Generator  # noqa: E402
 from seqgan.rollout import discriminator_reward, naive_rollout_rewards, rollout_rewards  # noqa: E402
 
@@ -59,6 +68,24 @@ def matmul_rates(device, n=2048) -> dict[str, float]:
     if device.type == "cpu" and kernels._onednn_linear_works():
         rates["oneDNN"] = 2 * n ** 3 / timed(lambda: kernels._onednn_linear(a, b, None), device, repeat)
     return rates
+
+
+def fastest(fn, device, trials) -> float:
+    """The fastest of ``trials`` timed calls: a peak rate, as far as this shared machine lets it show."""
+    return min(timed(fn, device) for _ in range(trials))
+
+
+def softmax_rate(device) -> float:
+    """Logits per second through torch.softmax over a cache-sized block (faster than torch.exp alone here)."""
+    x = torch.randn(128, 5000, device=device)
+    return x.numel() / fastest(lambda: torch.softmax(x, dim=1), device, 200)
+
+
+def copy_bandwidth(device, megabytes=512) -> float:
+    """Bytes per second read plus written by a copy far larger than any cache."""
+    src = torch.ones(megabytes * 2 ** 20 // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / fastest(lambda: dst.copy_(src), device, 5)
 
 
 @contextlib.contextmanager
@@ -160,6 +187,7 @@ def main():
                         help="also time the G step and D epoch with the discriminator in bf16 (d_precision=bf16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    cli.keep_freed_memory()  # as `seqgan` does: without it the MLE epoch depends on what was freed before
     torch.manual_seed(0)
     device = torch.device(args.device)
 
@@ -175,16 +203,20 @@ def main():
 
     rates = matmul_rates(device)
     rate = max(rates.values())
+    softmax_per_s, bandwidth = softmax_rate(device), copy_bandwidth(device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print("measured fp32 matmul rate (2048^3 GEMM): "
           + ", ".join(f"{name} {r / 1e9:.1f} GFLOP/s" for name, r in rates.items())
-          + f"; floors use the best, {rate / 1e9:.1f}\n")
+          + f"; floors use the best, {rate / 1e9:.1f}")
+    print(f"measured softmax rate {softmax_per_s / 1e9:.2f} G logits/s (cache-sized block), "
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write, 512 MB)\n")
     header = (f"{'piece':28s} {'ours s':>8s} {'plain s':>8s} {'naive s':>8s} {'vs plain':>8s} {'vs naive':>8s} "
-              f"{'GFLOP':>8s} {'floor s':>8s} {'ours/floor':>10s}")
+              f"{'GFLOP':>8s} {'floor s':>8s} {'ours/floor':>10s} {'G exp':>6s} {'GB':>6s} {'full s':>7s} "
+              f"{'ours/full':>9s}")
     print(header)
     print("-" * len(header))
 
-    def measure(name, make_piece, flops, make_naive=None):
+    def measure(name, make_piece, flops, make_naive=None, logits=0, params_beyond_cache=0, batches=0):
         """Time ours, ours with plain torch kernels (``plain_torch``), and the naive reference (plain kernels
         too: it stands for the original algorithm as the original ran it)."""
         ours = timed(make_piece(), device)
@@ -192,9 +224,12 @@ def main():
             plain = timed(make_piece(), device)
             naive = timed(make_naive(), device) if make_naive and not args.skip_naive else None
         floor = flops / rate
+        traffic = 10 * 4 * params_beyond_cache * batches  # bytes: 3 passes forward/backward, 7 in Adam
+        full = max(floor + logits / softmax_per_s, 0.3 * traffic / bandwidth) + 0.7 * traffic / bandwidth
         cells = [f"{ours:8.2f}", f"{plain:8.2f}", f"{naive:8.2f}" if naive else f"{'-':>8s}",
                  f"{plain / ours:7.1f}x", f"{naive / ours:7.1f}x" if naive else f"{'-':>8s}",
-                 f"{flops / 1e9:8.1f}", f"{floor:8.2f}", f"{ours / floor:9.2f}x"]
+                 f"{flops / 1e9:8.1f}", f"{floor:8.2f}", f"{ours / floor:9.2f}x",
+                 f"{logits / 1e9:6.2f}", f"{traffic / 1e9:6.1f}", f"{full:7.2f}", f"{ours / full:8.2f}x"]
         print(f"{name:28s} " + " ".join(cells), flush=True)
 
     # adversarial generator step
@@ -220,7 +255,8 @@ def main():
     g_flops = (B * T + rollout_rows) * step_flops + (completions - B) * d_shared + 2 * B * d_flops \
         + 3 * B * T * step_flops
     if "g" in args.pieces:
-        measure(f"adversarial G step (N={N})", g_step(rollout_rewards), g_flops, g_step(naive_rollout_rewards))
+        measure(f"adversarial G step (N={N})", g_step(rollout_rewards), g_flops, g_step(naive_rollout_rewards),
+                logits=(2 * B * T + rollout_rows) * V)  # sampling, rollouts, log-probabilities
 
     # discriminator epoch
     real = torch.randint(0, V, (n_real, T), device=device)
@@ -238,12 +274,13 @@ def main():
         return make
 
     if "d" in args.pieces:
+        d_params = sum(p.numel() for p in D.parameters())
         measure(f"D epoch ({2 * n_real} seqs)", d_epoch_of(D), 3 * len(tokens) * d_flops,
-                d_epoch_of(Conv2dDiscriminator(D)))
+                d_epoch_of(Conv2dDiscriminator(D)), params_beyond_cache=d_params, batches=len(tokens) // 64)
 
     if "sample" in args.pieces:
         measure(f"sample {n_samples}", lambda: lambda: G.sample(n_samples, T), n_samples * T * step_flops,
-                lambda: lambda: naive_sample(G, n_samples, T))
+                lambda: lambda: naive_sample(G, n_samples, T), logits=n_samples * T * V)
 
     # MLE epoch
     data = torch.randint(0, V, (n_real // B * B, T), device=device)
@@ -264,7 +301,8 @@ def main():
         return lambda: naive_mle_epoch(G, data, mle_opt)
 
     if "mle" in args.pieces:
-        measure(f"MLE epoch ({len(data)} seqs)", mle_epoch, 3 * len(data) * T * step_flops, naive_mle)
+        measure(f"MLE epoch ({len(data)} seqs)", mle_epoch, 3 * len(data) * T * step_flops, naive_mle,
+                logits=len(data) * T * V)
 
     if args.bf16:
         a, b = (torch.randn(2048, 2048, device=device, dtype=torch.bfloat16) for _ in range(2))

@@ -19,7 +19,10 @@ def test_bench_engine_quick_prints_a_row_per_piece():
     assert re.search(r"matmul rate .*torch\.mm \d+\.\d GFLOP/s", done.stdout)
     rows = {line.split("  ")[0]: line for line in done.stdout.splitlines() if line.startswith(("adversarial", "sample"))}
     assert set(rows) == {"adversarial G step (N=4)", "sample 640"}, done.stdout
-    for line in rows.values():  # ours, plain, naive ("-"), vs plain, vs naive ("-"), GFLOP, floor, ours/floor
-        cells = line.split()[-8:]
+    assert re.search(r"softmax rate \d+\.\d+ G logits/s.*copy bandwidth \d+\.\d GB/s", done.stdout)
+    for line in rows.values():  # ours, plain, naive ("-"), vs plain, vs naive ("-"), GFLOP, floor, ours/floor,
+        cells = line.split()[-12:]  # G logits, GB, full floor, ours/full
         assert float(cells[0]) > 0 and float(cells[1]) > 0 and cells[2] == "-", line
         assert cells[7].endswith("x") and float(cells[7][:-1]) > 0, line
+        assert float(cells[8]) > 0 and float(cells[10]) > float(cells[6]), line  # softmaxes add to the floor
+        assert cells[11].endswith("x") and float(cells[11][:-1]) < float(cells[7][:-1]), line

@@ -688,6 +688,22 @@ def test_fused_weighted_nll_matches_autograd_loss_and_gradients():
                                                                            tokens.reshape(-1)), atol=1e-6)
 
 
+def test_fused_loss_is_exact_where_a_probability_underflows():
+    """Targets 200 nats below the top logit: probs[y] is 0 in fp32, yet the loss is the float64 log-softmax."""
+    from seqgan.kernels import LinearCrossEntropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(6, 4, dtype=torch.float64).float()
+    weight, bias = torch.randn(11, 4), torch.zeros(11)
+    bias[0] = 200.0  # token 0 takes all the probability
+    targets = torch.tensor([1, 2, 3, 4, 5, 0])
+    row_weights = torch.ones(6)
+    loss = LinearCrossEntropy.apply(hidden, weight, bias, targets, row_weights)
+    logits = hidden.double() @ weight.double().t() + bias.double()
+    expected = -torch.log_softmax(logits, 1).gather(1, targets.unsqueeze(1)).sum()
+    assert torch.isfinite(loss) and abs(loss.item() - expected.item()) < 1e-3 * expected.item()
+
+
 @pytest.mark.parametrize("rows", [5, 300])  # one chunk of pooled_conv, and several
 def test_cpu_fast_paths_give_what_the_plain_layers_give(rows, monkeypatch):
     """On CPU, linear layers run through oneDNN (forward and gradients) and, without autograd, the
