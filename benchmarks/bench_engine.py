@@ -211,7 +211,7 @@ def main():
     print(f"measured softmax rate {softmax_per_s / 1e9:.2f} G logits/s (cache-sized block), "
           f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write, 512 MB)\n")
     header = (f"{'piece':28s} {'ours s':>8s} {'plain s':>8s} {'naive s':>8s} {'vs plain':>8s} {'vs naive':>8s} "
-              f"{'GFLOP':>8s} {'floor s':>8s} {'ours/floor':>10s} {'G exp':>6s} {'GB':>6s} {'full s':>7s} "
+              f"{'GFLOP':>8s} {'floor s':>8s} {'ours/floor':>10s} {'Glogit':>6s} {'GB':>6s} {'full s':>7s} "
               f"{'ours/full':>9s}")
     print(header)
     print("-" * len(header))
