@@ -162,8 +162,8 @@ class LinearCrossEntropy(torch.autograd.Function):
             probs = torch.softmax(logits, dim=1)
             # log softmax at the targets from the same softmax (one pass of exponentials, not two): the largest
             # probability is 1 / sum(exp(logits - top)), at least 1/V, so unlike log(probs[y]) it never underflows
-            log_norm = logits.gather(1, y.unsqueeze(1)).squeeze(1) - logits.amax(1) + probs.amax(1).log_()
-            total -= (w * log_norm).sum()
+            target_logp = logits.gather(1, y.unsqueeze(1)).squeeze(1) - logits.amax(1) + probs.amax(1).log_()
+            total -= (w * target_logp).sum()
             if needs_grad:  # d/dlogits = w * (softmax - onehot)
                 grad = probs.mul_(w.unsqueeze(1))
                 grad.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
