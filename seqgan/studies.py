@@ -34,11 +34,11 @@ import torch
 
 from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import read_token_file
-from .experiments import QUARTER_D, oracle_task
+from .experiments import oracle_task
 from .metrics import diversity, mean_sd, over_seeds
 from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator
 from .runs import RunDir
-from .train import TrainConfig, Trainer, resolve_device, run_to_end
+from .train import TrainConfig, Trainer, paper_discriminator, resolve_device, run_to_end
 
 VARIANTS = {
     "plain": {},
@@ -48,7 +48,7 @@ VARIANTS = {
 }
 # What the cpu presets reduce, relative to the paper's schedule (TrainConfig defaults, as the ``paper`` presets).
 _CPU = dict(num_train=5_000, mle_epochs=30, d_pretrain_rounds=10, num_negatives=2_000, d_steps=1,
-            eval_samples=1_000, eval_every=3, **QUARTER_D)
+            eval_samples=1_000, eval_every=3, d_scale=0.25)  # d_scale: the paper's widths that fit, its maps x 0.25
 PRESETS = {
     "stability": {"paper": dict(num_train=10_000), "cpu": dict(_CPU, adv_iters=30, rollouts=16)},
     "lengths": {"paper": dict(num_train=10_000), "cpu": dict(_CPU, adv_iters=20, rollouts=8)},
@@ -62,10 +62,8 @@ def study_config(study: str, preset: str, seed: int, seq_len: int, device: str =
                  **overrides) -> tuple[TrainConfig, int]:
     settings = {**PRESETS[study][preset], **overrides}
     num_train = settings.pop("num_train")
-    filters = [(w, n) for w, n in zip(settings.pop("d_filter_sizes", []), settings.pop("d_num_filters", []))
-               if w <= seq_len]
-    if filters:
-        settings["d_filter_sizes"], settings["d_num_filters"] = map(list, zip(*filters))
+    if "d_scale" in settings:
+        settings = {**paper_discriminator(seq_len, settings.pop("d_scale")), **settings}
     config = TrainConfig(vocab_size=PAPER_VOCAB, seq_len=seq_len, seed=seed, device=device, **settings)
     return config.validate(), num_train
 

@@ -32,7 +32,7 @@ from . import jobs
 from .checkpoint import atomic_write_bytes, load_bundle, tokenizer_bytes
 from .errors import ConfigError, InputError, SeqGANError
 from .runs import RunDir
-from .train import OPTION_HELP as TRAIN_OPTION_HELP
+from .train import OPTION_HELP as TRAIN_OPTION_HELP, paper_discriminator
 
 DEMO_ENV = "SEQGAN_DEMO_DIR"
 DEMO_ROOT = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -210,7 +210,7 @@ def save_corpus_files(files: list[tuple[str, bytes]]) -> CorpusChoice:
 # Training: presets, options, starting, stopping
 # =============================================================================================================
 # The paper's widths up to 10 (so that sequences of 10 tokens or more fit), a quarter of its feature maps.
-_SMALL_D = dict(d_filter_sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], d_num_filters=[25, 50, 50, 50, 50, 25, 25, 25, 25, 25])
+_SMALL_D = paper_discriminator(10, 0.25)
 
 
 @dataclass

@@ -106,6 +106,14 @@ OPTION_HELP = {
 }
 
 
+def paper_discriminator(seq_len: int, scale: float = 1.0) -> dict:
+    """The paper's convolution widths that fit sequences of ``seq_len`` tokens, with ``scale`` times its feature
+    maps per width, as TrainConfig's ``d_filter_sizes`` and ``d_num_filters`` (scale 0.25: the quarter-size
+    discriminator of the cpu presets)."""
+    pairs = [(w, max(1, round(n * scale))) for w, n in zip(PAPER_FILTER_SIZES, PAPER_NUM_FILTERS) if w <= seq_len]
+    return {"d_filter_sizes": [w for w, _ in pairs], "d_num_filters": [n for _, n in pairs]}
+
+
 @dataclass
 class TrainConfig:
     """Every count and rate of a run. Defaults are the original SeqGAN code's (synthetic-data experiment)."""
@@ -154,9 +162,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if not self.d_filter_sizes and not self.d_num_filters:
-            pairs = [(w, n) for w, n in zip(PAPER_FILTER_SIZES, PAPER_NUM_FILTERS) if w <= self.seq_len]
-            self.d_filter_sizes = [w for w, _ in pairs]
-            self.d_num_filters = [n for _, n in pairs]
+            paper = paper_discriminator(self.seq_len)
+            self.d_filter_sizes, self.d_num_filters = paper["d_filter_sizes"], paper["d_num_filters"]
         self.d_filter_sizes = [int(w) for w in self.d_filter_sizes]
         self.d_num_filters = [int(n) for n in self.d_num_filters]
 
