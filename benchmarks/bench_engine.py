@@ -9,9 +9,9 @@ A second floor, "full", adds what a matmul rate does not count, each at a rate m
 - one softmax over every logit (exact sampling and the likelihood's normaliser need every exponential), at
   the rate of torch.softmax over a cache-sized [128, 5000] block;
 - where the parameters do not fit in cache (the discriminator's 7 million), the memory traffic they imply at
-  the measured copy bandwidth: forward and backward read the weights and write their gradients (3 passes, which
-  can overlap the products), then Adam reads parameters, gradients and two moments and writes three (7 passes,
-  a phase of its own).
+  the measured memory bandwidth: forward and backward read the weights and write their gradients (3 passes,
+  which can overlap the products), then Adam reads parameters, gradients and two moments and writes three
+  (7 passes, a phase of its own).
 full = max(matmul floor + softmax floor, forward/backward traffic) + optimizer traffic.
 
     adversarial G step   sample 64, 16 rollouts of every prefix, D scores every completion, PG update
@@ -81,11 +81,17 @@ def softmax_rate(device) -> float:
     return x.numel() / fastest(lambda: torch.softmax(x, dim=1), device, 200)
 
 
-def copy_bandwidth(device, megabytes=512) -> float:
-    """Bytes per second read plus written by a copy far larger than any cache."""
+def memory_bandwidth(device, megabytes=512) -> float:
+    """Bytes per second to and from memory, far beyond any cache: the faster of a copy (a read and a write per
+    number) and our Adam step (4 reads, 3 writes) over parameters whose state totals ``megabytes``."""
     src = torch.ones(megabytes * 2 ** 20 // 4, device=device)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / fastest(lambda: dst.copy_(src), device, 5)
+    copy = 2 * src.numel() * 4 / fastest(lambda: dst.copy_(src), device, 5)
+    parameter = nn.Parameter(torch.ones(megabytes * 2 ** 20 // 16, device=device))
+    parameter.grad = torch.ones_like(parameter)
+    optimizer = train.adam([parameter], lr=1e-4)
+    step = 7 * parameter.numel() * 4 / fastest(optimizer.step, device, 5)
+    return max(copy, step)
 
 
 @contextlib.contextmanager
@@ -203,13 +209,13 @@ def main():
 
     rates = matmul_rates(device)
     rate = max(rates.values())
-    softmax_per_s, bandwidth = softmax_rate(device), copy_bandwidth(device)
+    softmax_per_s, bandwidth = softmax_rate(device), memory_bandwidth(device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print("measured fp32 matmul rate (2048^3 GEMM): "
           + ", ".join(f"{name} {r / 1e9:.1f} GFLOP/s" for name, r in rates.items())
           + f"; floors use the best, {rate / 1e9:.1f}")
     print(f"measured softmax rate {softmax_per_s / 1e9:.2f} G logits/s (cache-sized block), "
-          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write, 512 MB)\n")
+          f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (the faster of a copy and an Adam step, 512 MB)\n")
     header = (f"{'piece':28s} {'ours s':>8s} {'plain s':>8s} {'naive s':>8s} {'vs plain':>8s} {'vs naive':>8s} "
               f"{'GFLOP':>8s} {'floor s':>8s} {'ours/floor':>10s} {'Glogit':>6s} {'GB':>6s} {'full s':>7s} "
               f"{'ours/full':>9s}")

@@ -19,7 +19,7 @@ def test_bench_engine_quick_prints_a_row_per_piece():
     assert re.search(r"matmul rate .*torch\.mm \d+\.\d GFLOP/s", done.stdout)
     rows = {line.split("  ")[0]: line for line in done.stdout.splitlines() if line.startswith(("adversarial", "sample"))}
     assert set(rows) == {"adversarial G step (N=4)", "sample 640"}, done.stdout
-    assert re.search(r"softmax rate \d+\.\d+ G logits/s.*copy bandwidth \d+\.\d GB/s", done.stdout)
+    assert re.search(r"softmax rate \d+\.\d+ G logits/s.*memory bandwidth \d+\.\d GB/s", done.stdout)
     for line in rows.values():  # ours, plain, naive ("-"), vs plain, vs naive ("-"), GFLOP, floor, ours/floor,
         cells = line.split()[-12:]  # G logits, GB, full floor, ours/full
         assert float(cells[0]) > 0 and float(cells[1]) > 0 and cells[2] == "-", line
