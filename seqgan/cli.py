@@ -315,7 +315,7 @@ def stop_after_the_unit_on_signals():
 
 
 def cmd_oracle_run(args) -> int:
-    from .experiments import run_oracle_experiment
+    from .oracle_experiment import run_oracle_experiment
 
     overrides, device, out = experiment_settings(args, f"results/oracle-{args.preset}")
     with stop_after_the_unit_on_signals():
@@ -327,7 +327,7 @@ def cmd_oracle_run(args) -> int:
 
 
 def cmd_oracle_table(args) -> int:
-    from .experiments import write_report
+    from .oracle_experiment import write_report
 
     write_report(args.out, args.seeds)
     print((Path(args.out) / "table1.md").read_text())
@@ -412,7 +412,7 @@ THREADS_HELP = "torch CPU threads (default 1; SEQGAN_THREADS)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .experiments import MODELS, PRESETS
+    from .oracle_experiment import MODELS, PRESETS
 
     parser = Parser(prog="seqgan", description="SeqGAN Studio command line")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)

@@ -24,7 +24,7 @@ from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import (SampleScorer, corpus_evaluator, load_corpus, read_token_file, sequence_nll,
                      tokenizer_from_bytes)
 from .errors import ConfigError, Stopped
-from .experiments import QUARTER_D
+from .oracle_experiment import QUARTER_D
 from .metrics import mean_sd, over_seeds
 from .runs import RunDir
 from .train import STOP, TrainConfig, Trainer, resolve_device, run_to_end

@@ -34,7 +34,7 @@ import torch
 
 from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import read_token_file
-from .experiments import oracle_task
+from .oracle_experiment import oracle_task
 from .metrics import diversity, mean_sd, over_seeds
 from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator
 from .runs import RunDir

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from seqgan.errors import ConfigError, InputError, Stopped
-from seqgan.experiments import MODELS, run_oracle_experiment, seed_summary
+from seqgan.oracle_experiment import MODELS, run_oracle_experiment, seed_summary
 from seqgan.runs import RunDir
 from seqgan.train import STOP
 from seqgan.corpus import read_token_file, write_token_file
