@@ -485,8 +485,8 @@ class Trainer:
                 loss = self.g_objective(Generator.nll, batch)
             self._step(self.optimizers["mle"], loss, G.parameters(), share * dist.world_size)
             losses.append(loss.detach() * share)
-        [g_loss] = dist.sum(mean_on_host(losses))
-        event = {"g_loss": g_loss}
+        [mle_loss] = dist.sum(mean_on_host(losses))
+        event = {"mle_loss": mle_loss}
         if c.scheduled_sampling > 0:
             event["own_token_prob"] = own_prob
         return event
@@ -544,8 +544,8 @@ class Trainer:
         loss = self.g_objective(Generator.weighted_nll, samples, rewards)
         self._step(self.optimizers["pg"], loss, G.parameters(), dist.world_size)
         share = len(samples) / c.batch_size
-        g_loss, reward_mean = dist.sum(loss.item(), raw_mean * share)
-        return {"g_loss": g_loss, "reward_mean": reward_mean}
+        pg_loss, reward_mean = dist.sum(loss.item(), raw_mean * share)
+        return {"pg_loss": pg_loss, "reward_mean": reward_mean}
 
     def _standardize(self, rewards: torch.Tensor, divide: bool) -> torch.Tensor:
         """Rewards [B, T] minus their mean at each step over the global batch; ``divide``: also divided by the

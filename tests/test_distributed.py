@@ -58,9 +58,9 @@ def test_mle_on_two_ranks_gives_the_weights_of_one_process(tmp_path):
     for key, expected in single.generator.state_dict().items():
         torch.testing.assert_close(ranks[0]["generator"][key], expected, rtol=0, atol=1e-5, msg=key)
     # the events (rank 0's only) carry the global batch's loss
-    losses = [e["g_loss"] for e in ranks[0]["events"] if e["phase"] == "mle"]
+    losses = [e["mle_loss"] for e in ranks[0]["events"] if e["phase"] == "mle"]
     assert len(losses) == 3 and ranks[1]["events"] == []
-    assert losses == pytest.approx([e["g_loss"] for e in single_events if e["phase"] == "mle"], abs=1e-5)
+    assert losses == pytest.approx([e["mle_loss"] for e in single_events if e["phase"] == "mle"], abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_an_adversarial_iteration_on_two_ranks_checkpoints_and_resumes_in_one_pr
     assert [e["unit"] for e in events] == list(range(-1, stop_unit + 1))
     adversarial = events[-1]
     assert adversarial["phase"] == "adversarial"
-    assert {"g_loss", "reward_mean", "d_loss", "d_acc", "nll_oracle"} <= adversarial.keys()
+    assert {"pg_loss", "reward_mean", "d_loss", "d_acc", "nll_oracle"} <= adversarial.keys()
     assert 0 <= adversarial["reward_mean"] <= 1 and 0 <= adversarial["d_acc"] <= 1
     assert run.read_json(run.status)["state"] == "stopped"
 
@@ -114,7 +114,7 @@ def test_the_critic_and_reward_normalisation_on_two_ranks(tmp_path):
     assert_same_state(ranks[0]["generator"], ranks[1]["generator"])
     assert_same_state(ranks[0]["discriminator"], ranks[1]["discriminator"])
     adversarial = [e for e in ranks[0]["events"] if e["phase"] == "adversarial"]
-    assert len(adversarial) == 2 and all(torch.isfinite(torch.tensor([e["g_loss"], e["d_gap"]])).all()
+    assert len(adversarial) == 2 and all(torch.isfinite(torch.tensor([e["pg_loss"], e["d_gap"]])).all()
                                          for e in adversarial)
 
 

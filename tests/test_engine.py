@@ -405,10 +405,10 @@ def test_tiny_run_through_all_phases(tmp_path):
     for e in rest:
         phase, step, total = e["phase"], e["step"], e["total"]
         assert total == totals[phase] and 1 <= step <= total
-        if phase in ("mle", "adversarial"):
-            assert math.isfinite(e["g_loss"])
         if phase == "mle":
-            assert e["g_loss"] > 0
+            assert math.isfinite(e["mle_loss"]) and e["mle_loss"] > 0 and "pg_loss" not in e
+        if phase == "adversarial":
+            assert math.isfinite(e["pg_loss"]) and "mle_loss" not in e
         if phase in ("d_pretrain", "adversarial"):
             assert math.isfinite(e["d_loss"]) and e["d_loss"] > 0
             assert 0.0 <= e["d_acc"] <= 1.0
