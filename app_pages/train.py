@@ -109,7 +109,7 @@ def monitor(run_id: str, was_active: bool) -> None:
         st.rerun()  # the job ended: redraw the whole page (buttons, table)
     progress = studio.run_progress(info)
     st.markdown(f"**{info.id}** · {info.corpus} · "
-                f"state **{state.state}**" + (f" on {state.device}" if state.device else ""))
+                f"state **{state.state}**" + (f" on {', '.join(state.slots)}" if state.slots else ""))
     eta = studio.format_seconds(progress.eta_seconds)
     phase = studio.PHASE_LABELS.get(progress.phase, progress.phase)
     text = (f"{phase}: {progress.step}/{progress.phase_total} · unit {progress.unit} of {progress.units} · "

@@ -62,10 +62,17 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device | None = None
+    local_world_size: int = 1  # ranks on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def node_devices(self, device: str) -> list[str]:
+        """The devices this machine's ranks train on, given this rank's: each rank has its LOCAL_RANK's GPU."""
+        if not self.distributed or not device.startswith("cuda"):
+            return [device]
+        return [f"cuda:{i}" for i in range(self.local_world_size)]
 
     @property
     def is_main(self) -> bool:
@@ -183,7 +190,8 @@ def setup_from_env(device: str = "auto") -> DistContext:
     except ValueError:
         raise ConfigError(f"SEQGAN_DIST_TIMEOUT_MINUTES must be a number of minutes (got {minutes!r})") from None
     torch_dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)  # MASTER_ADDR/PORT: env://
-    return DistContext(rank, world_size, local_rank, on)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return DistContext(rank, world_size, local_rank, on, local_world_size)
 
 
 class Objective(nn.Module):

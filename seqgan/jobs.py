@@ -129,6 +129,7 @@ class JobState:
     pid: int | None
     device: str | None
     message: str = ""     # why it failed, or what it is doing while preparing
+    slots: tuple[str, ...] = ()  # every device the run holds: ``device``, or one per local rank under torchrun
 
     @property
     def active(self) -> bool:
@@ -146,28 +147,33 @@ def job_state(run: RunDir) -> JobState:
     pid = job.get("pid") or status.get("pid")
     alive = process_alive(pid, run)
     device = job.get("device") or status.get("device")  # a run started from a terminal has no job.json
+    # the app starts one process on one device; a terminal's torchrun run holds one GPU per local rank
+    slots = tuple((status.get("devices") if not job else None) or ([device] if device else []))
     recorded = status.get("state", "")
     # a status written by this job's process (not one left from before a resume)
     fresh = status.get("pid") == pid and status.get("updated", 0) >= job.get("started", 0)
+
+    def made(state: str, message: str = "") -> JobState:
+        return JobState(state, alive, pid, device, message, slots)
+
     if alive:
         if fresh and recorded in ("finished", "failed"):
-            return JobState(recorded, True, pid, device, "the process is exiting")
+            return made(recorded, "the process is exiting")
         if job.get("stop_requested") or (fresh and recorded == "stopped"):
-            return JobState("stopping", True, pid, device, "finishing the current unit, then saving a checkpoint")
+            return made("stopping", "finishing the current unit, then saving a checkpoint")
         if fresh and recorded == "running":
-            return JobState("running", True, pid, device)
-        return JobState("preparing", True, pid, device, _last_output_line(run) or "starting")
+            return made("running")
+        return made("preparing", _last_output_line(run) or "starting")
     if job and job.get("started", 0) > status.get("updated", 0):
         # the process the app started ended before its trainer wrote a status
         if job.get("stop_requested"):
-            return JobState("stopped", False, pid, device, "stopped before training started")
-        return JobState("failed", False, pid, device, _error_from_output(run))
+            return made("stopped", "stopped before training started")
+        return made("failed", _error_from_output(run))
     if recorded == "running":
-        return JobState("interrupted", False, pid, device,
-                        "the process ended without saving; resume continues from the last checkpoint")
+        return made("interrupted", "the process ended without saving; resume continues from the last checkpoint")
     if recorded == "failed":
-        return JobState("failed", False, pid, device, status.get("error") or _error_from_output(run))
-    return JobState(recorded, False, pid, device)
+        return made("failed", status.get("error") or _error_from_output(run))
+    return made(recorded)
 
 
 def _last_output_line(run: RunDir) -> str:
@@ -227,7 +233,7 @@ def free_device(root: Path | None = None, wanted: str = "auto") -> str:
             raise JobError(f"device {wanted} was asked for but this machine has "
                            f"{', '.join(s for s in slots if s != 'cpu') or 'no CUDA GPU'}")
         slots = [wanted]
-    busy = {state.device or "cpu": run.name for run, state in active_runs(root)}
+    busy = {slot: run.name for run, state in active_runs(root) for slot in (state.slots or ("cpu",))}
     if "cpu" in busy and slots == ["cpu"]:
         raise JobError(f"run {busy['cpu']} is already training on this machine; stop it or wait until it "
                        "finishes (one job at a time on a CPU-only machine)")

@@ -597,7 +597,7 @@ class Trainer:
             device = self.device.type if self.device.type != "cuda" else \
                 f"cuda:{torch.cuda.current_device() if self.device.index is None else self.device.index}"
             self.run_dir.update_status(state=state, unit=self.unit, units=len(self.schedule), phase=phase,
-                                       step=index, device=device, **fields)
+                                       step=index, device=device, devices=self.dist.node_devices(device), **fields)
 
     def run(self) -> str:
         """Run from the current position to the end (or a stop request). Returns 'finished' or 'stopped'."""

@@ -440,6 +440,12 @@ def test_one_job_per_gpu_on_a_machine_with_two(tmp_path, monkeypatch):
         terminal.write_json(terminal.status, {"state": "running", "pid": process.pid, "device": "cuda:0",
                                               "updated": time.time()})
         assert jobs.job_state(terminal).active and jobs.free_device(root) == "cuda:1"
+        # under torchrun the status names every local rank's GPU: both are busy
+        terminal.write_json(terminal.status, {"state": "running", "pid": process.pid, "device": "cuda:0",
+                                              "devices": ["cuda:0", "cuda:1"], "updated": time.time()})
+        assert jobs.job_state(terminal).slots == ("cuda:0", "cuda:1")
+        with pytest.raises(jobs.JobError, match="every device is busy"):
+            jobs.free_device(root)
     finally:
         process.kill()
         process.wait()

@@ -149,6 +149,9 @@ def test_splitting_work_across_ranks():
     assert [d.shard_size(10) for d in ranks] == [4, 3, 3]
     assert [d.equal_shard(rows).tolist() for d in ranks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert ranks[0].per_rank(10) == 4
+    gpus = DistContext(0, 4, 0, torch.device("cuda", 0), local_world_size=2)  # two machines of two GPUs
+    assert gpus.node_devices("cuda:0") == ["cuda:0", "cuda:1"] and gpus.node_devices("cpu") == ["cpu"]
+    assert SINGLE.node_devices("cuda:1") == ["cuda:1"]
     with pytest.raises(ConfigError, match="3 ranks"):  # refused before any process group is needed
         Trainer(tiny_config(batch_size=2), torch.zeros(8, 8, dtype=torch.long), dist=ranks[0])
 
@@ -170,6 +173,7 @@ def test_seqgan_train_under_torchrun_on_a_text_corpus(tmp_path):
     assert done.stdout.count(f"finished: {run}") == 1  # rank 0 alone reports
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "finished" and status["unit"] == status["units"] == 4
+    assert status["device"] == "cpu" and status["devices"] == ["cpu"]  # gloo ranks share the CPU
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["unit"] for e in events] == [-1, 0, 1, 2, 3] and "bleu2" in events[-1]
     assert load_bundle(run / "checkpoints" / "seqgan.pt")["tokenizer"] is not None
