@@ -209,13 +209,14 @@ def main():
 
     rates = matmul_rates(device)
     rate = max(rates.values())
-    softmax_per_s, bandwidth = softmax_rate(device), memory_bandwidth(device)
+    megabytes = 64 if args.quick else 512
+    softmax_per_s, bandwidth = softmax_rate(device), memory_bandwidth(device, megabytes)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print("measured fp32 matmul rate (2048^3 GEMM): "
           + ", ".join(f"{name} {r / 1e9:.1f} GFLOP/s" for name, r in rates.items())
           + f"; floors use the best, {rate / 1e9:.1f}")
     print(f"measured softmax rate {softmax_per_s / 1e9:.2f} G logits/s (cache-sized block), "
-          f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (the faster of a copy and an Adam step, 512 MB)\n")
+          f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (the faster of a copy and an Adam step, {megabytes} MB)\n")
     header = (f"{'piece':28s} {'ours s':>8s} {'plain s':>8s} {'naive s':>8s} {'vs plain':>8s} {'vs naive':>8s} "
               f"{'GFLOP':>8s} {'floor s':>8s} {'ours/floor':>10s} {'Glogit':>6s} {'GB':>6s} {'full s':>7s} "
               f"{'ours/full':>9s}")

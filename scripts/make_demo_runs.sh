@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 work=runs/make-demo
 rm -rf "$work" data/demo
+# the quarter-size discriminator of the cpu presets: train.paper_discriminator(20, 0.25)
 small_d="--d-filter-sizes 1 2 3 4 5 6 7 8 9 10 15 20 --d-num-filters 25 50 50 50 50 25 25 25 25 25 40 40"
 schedule="--mle-epochs 20 --d-pretrain-rounds 5 --num-negatives 2000 --adv-iters 10 --d-steps 1 --eval-every 5"
 # shellcheck disable=SC2086

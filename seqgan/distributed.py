@@ -190,7 +190,7 @@ def setup_from_env(device: str = "auto") -> DistContext:
     except ValueError:
         raise ConfigError(f"SEQGAN_DIST_TIMEOUT_MINUTES must be a number of minutes (got {minutes!r})") from None
     torch_dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)  # MASTER_ADDR/PORT: env://
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun sets it; other launchers may not
     return DistContext(rank, world_size, local_rank, on, local_world_size)
 
 

@@ -589,7 +589,7 @@ def metric_frames(info: RunInfo) -> dict:
     rows = []
     for e in info.run.events():
         row = {k: v for k, v in e.items() if isinstance(v, (int, float)) and k not in ("time", "step", "total")}
-        if "g_loss" in row:  # metrics.jsonl written before 2026-11-24 names both losses g_loss
+        if "g_loss" in row:  # metrics.jsonl written before commit 020dc45 names both losses g_loss
             row["mle_loss" if e.get("phase") == "mle" else "pg_loss"] = row.pop("g_loss")
         rows.append(row)
     if not rows:

@@ -449,3 +449,17 @@ def test_one_job_per_gpu_on_a_machine_with_two(tmp_path, monkeypatch):
     finally:
         process.kill()
         process.wait()
+
+
+def test_charts_read_metrics_written_before_the_losses_had_their_own_names(tmp_path, no_demos):
+    """Runs (the shipped demo runs among them) whose metrics.jsonl names both generator losses g_loss chart them
+    as the MLE loss and the policy-gradient loss, as newer runs name them."""
+    for name, key in (("old", "g_loss"), ("new", None)):
+        run = RunDir(tmp_path / "runs" / name).create()
+        run.write_json(run.config, {"config": {"seq_len": 8}, "task": {"kind": "oracle"}})
+        for unit, (phase, loss) in enumerate([("mle", 3.5), ("mle", 3.0), ("adversarial", -0.25)]):
+            run.append_event({"unit": unit, "phase": phase, "step": 1, "total": 1,
+                              (key or ("mle_loss" if phase == "mle" else "pg_loss")): loss})
+        frames = studio.metric_frames(studio.get_run(name))
+        assert frames["Generator loss (MLE: NLL per token)"]["mle_loss"].tolist() == [3.5, 3.0], name
+        assert frames["Policy-gradient loss (adversarial)"]["pg_loss"].tolist() == [-0.25], name

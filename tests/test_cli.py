@@ -340,8 +340,11 @@ def test_freed_logits_chunks_stay_with_the_process_on_glibc():
     import subprocess
     import sys
 
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("the allocator limits are glibc's")
+    if platform.libc_ver()[0] != "glibc" or os.environ.get("LD_PRELOAD"):
+        pytest.skip("the allocator limits are glibc's malloc's")
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[always]" in thp.read_text():
+        pytest.skip("with transparent huge pages always on, a fresh 2.5 MB block faults in a few huge pages")
     script = """
 import resource, sys, torch
 from seqgan.cli import keep_freed_memory
@@ -363,7 +366,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 epoch()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     faults = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                                       check=True, env=dict(os.environ, OMP_NUM_THREADS="1")).stdout)
+                                       check=True, env=dict(env, OMP_NUM_THREADS="1")).stdout)
               for mode in ("keep", "default")}
-    assert faults["keep"] < 1_000 < 10_000 < faults["default"], faults
+    assert faults["default"] > 10_000 and faults["default"] > 20 * faults["keep"], faults

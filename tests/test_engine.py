@@ -688,20 +688,24 @@ def test_fused_weighted_nll_matches_autograd_loss_and_gradients():
                                                                            tokens.reshape(-1)), atol=1e-6)
 
 
-def test_fused_loss_is_exact_where_a_probability_underflows():
-    """Targets 200 nats below the top logit: probs[y] is 0 in fp32, yet the loss is the float64 log-softmax."""
+@pytest.mark.parametrize("leaders", [1, 3])  # the top token alone, or three sharing the top (probability 1/3)
+def test_fused_loss_is_exact_where_a_probability_underflows(leaders):
+    """Targets 200 nats below the top logits: probs[y] is 0 in fp32, yet each row's loss is the float64
+    log-softmax (the loss comes from the softmax: logit - top + log(largest probability))."""
     from seqgan.kernels import LinearCrossEntropy
 
     torch.manual_seed(0)
-    hidden = torch.randn(6, 4, dtype=torch.float64).float()
-    weight, bias = torch.randn(11, 4), torch.zeros(11)
-    bias[0] = 200.0  # token 0 takes all the probability
-    targets = torch.tensor([1, 2, 3, 4, 5, 0])
-    row_weights = torch.ones(6)
-    loss = LinearCrossEntropy.apply(hidden, weight, bias, targets, row_weights)
+    hidden = torch.randn(6, 4)
+    weight, bias = torch.randn(11, 4) * 1e-3, torch.zeros(11)
+    bias[:leaders] = 200.0
+    targets = torch.tensor([3, 4, 5, 6, 7, 0])
+    row_weights = torch.tensor([1.0, 0.5, 2.0, 1.0, 1.0, 3.0])
     logits = hidden.double() @ weight.double().t() + bias.double()
-    expected = -torch.log_softmax(logits, 1).gather(1, targets.unsqueeze(1)).sum()
-    assert torch.isfinite(loss) and abs(loss.item() - expected.item()) < 1e-3 * expected.item()
+    expected = -(row_weights.double() * torch.log_softmax(logits, 1).gather(1, targets.unsqueeze(1)).squeeze(1))
+    for row in range(6):  # one row at a time: an error in one would hide in a sum of ~1,000
+        loss = LinearCrossEntropy.apply(hidden[row:row + 1], weight, bias, targets[row:row + 1],
+                                        row_weights[row:row + 1])
+        assert loss.item() == pytest.approx(expected[row].item(), rel=1e-6, abs=1e-4), row  # fp32 logits near 200
 
 
 @pytest.mark.parametrize("rows", [5, 300])  # one chunk of pooled_conv, and several
