@@ -231,8 +231,9 @@ def main():
             plain = timed(make_piece(), device)
             naive = timed(make_naive(), device) if make_naive and not args.skip_naive else None
         floor = flops / rate
-        traffic = 10 * 4 * params_beyond_cache * batches  # bytes: 3 passes forward/backward, 7 in Adam
-        full = max(floor + logits / softmax_per_s, 0.3 * traffic / bandwidth) + 0.7 * traffic / bandwidth
+        one_pass = 4 * params_beyond_cache * batches  # bytes: every fp32 parameter once per batch
+        traffic = 10 * one_pass  # 3 passes in forward/backward (they overlap the products), 7 in Adam (they do not)
+        full = max(floor + logits / softmax_per_s, 3 * one_pass / bandwidth) + 7 * one_pass / bandwidth
         cells = [f"{ours:8.2f}", f"{plain:8.2f}", f"{naive:8.2f}" if naive else f"{'-':>8s}",
                  f"{plain / ours:7.1f}x", f"{naive / ours:7.1f}x" if naive else f"{'-':>8s}",
                  f"{flops / 1e9:8.1f}", f"{floor:8.2f}", f"{ours / floor:9.2f}x",
