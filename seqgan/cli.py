@@ -192,7 +192,7 @@ def cmd_train(args) -> int:
             print(fields, flush=True)
 
     trainer = Trainer(config, train, run, evaluate, show, kind=task["kind"], extra={"task": task},
-                      tokenizer=tokenizer.to_bytes() if tokenizer is not None else None, dist=dist)
+                      tokenizer=tokenizer.to_bytes() if tokenizer is not None else None, dist=dist, heldout=heldout)
     if args.resume:
         latest = run.checkpoint("latest")
         if latest.exists():

@@ -126,7 +126,7 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
     def train_model(name, config, begin=None, **kwargs):
         run = RunDir(out_dir / RUN_DIRS[name])
         trainer = Trainer(config, train, run, evaluator, progress(name), kind="oracle",
-                          extra={"oracle": "../oracle.pt"}, **kwargs)
+                          extra={"oracle": "../oracle.pt"}, heldout=heldout, **kwargs)
         run_to_end(trainer, begin, log, f"[seed {seed}] {name}")
         seconds = run.training_seconds()
         log(f"[seed {seed}] {name} done: {seconds:.0f} s of training")

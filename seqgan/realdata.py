@@ -112,7 +112,7 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
         heldout = read_token_file(run.path / "heldout.txt", config.vocab_size)
         evaluator = corpus_evaluator(tokenizer, heldout, config.seq_len, config.eval_samples)
         trainer = Trainer(config, train, run, evaluator, progress, kind=tokenizer.kind, tokenizer=tokenizer_data,
-                          extra={"task": saved["task"]})
+                          extra={"task": saved["task"]}, heldout=heldout)
         run_to_end(trainer, log=log, label=f"[{task} seed {seed}]")
     else:
         log(f"[{task} seed {seed}] scoring the finished run in {out_dir}")

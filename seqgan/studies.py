@@ -66,10 +66,11 @@ def study_config(study: str, preset: str, seed: int, seq_len: int, device: str =
     return config.validate(), num_train
 
 
-def _train(config: TrainConfig, data, run: RunDir, evaluator, start: RunDir | None, log, label: str) -> None:
+def _train(config: TrainConfig, data, heldout, run: RunDir, evaluator, start: RunDir | None, log,
+           label: str) -> None:
     """Run ``config`` into ``run`` (``run_to_end``); a new run first takes all of ``start``'s last state, so that
     the branch continues exactly."""
-    trainer = Trainer(config, data, run, evaluator, kind="oracle", extra={"oracle": "../oracle.pt"})
+    trainer = Trainer(config, data, run, evaluator, kind="oracle", extra={"oracle": "../oracle.pt"}, heldout=heldout)
     run_to_end(trainer, None if start is None else lambda t: t.restore(load_bundle(start.checkpoint("latest"))),
                log, label)
 
@@ -88,14 +89,14 @@ def run_seed(study: str, preset: str, seed: int, seq_len: int, variants: list[st
 
     label = f"[L{seq_len} seed {seed}]"
     mle = RunDir(seed_dir / "mle")
-    _train(replace(config, d_pretrain_rounds=0, adv_iters=0), train, mle, evaluator, None, log, f"{label} mle")
+    _train(replace(config, d_pretrain_rounds=0, adv_iters=0), train, heldout, mle, evaluator, None, log, f"{label} mle")
     for variant in variants:
         settings = VARIANTS[variant]
         critic = settings.get("critic", "classifier")
         pretrained = RunDir(seed_dir / f"dpre-{critic}")
-        _train(replace(config, critic=critic, adv_iters=0), train, pretrained, evaluator, mle, log,
+        _train(replace(config, critic=critic, adv_iters=0), train, heldout, pretrained, evaluator, mle, log,
                f"{label} discriminator ({critic})")
-        _train(replace(config, **settings), train, RunDir(seed_dir / variant), evaluator, pretrained, log,
+        _train(replace(config, **settings), train, heldout, RunDir(seed_dir / variant), evaluator, pretrained, log,
                f"{label} {variant}")
     return seed_dir
 

@@ -541,6 +541,9 @@ CHART_SECTIONS = {
         "Policy-gradient loss (adversarial)": ["pg_loss"],
         "Discriminator loss": ["d_loss"],
         "Discriminator accuracy": ["d_acc"],
+        "Discriminator's mean reward for training positives, held-out real data and generated sequences (held-out "
+        "close to generated: it has learned its training set, not the data)": ["d_train_real", "d_heldout_real",
+                                                                                 "d_generated"],
         "Critic: mean score of real minus generated sequences (the Wasserstein estimate)": ["d_gap"],
     },
     "Quality against diversity": {

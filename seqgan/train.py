@@ -57,6 +57,7 @@ from .runs import RunDir
 # Trainer that is running finishes its unit, saves latest.pt and stops; run_to_end then raises Stopped.
 STOP = threading.Event()
 SAMPLES_KEPT = 32  # sequences written to samples/ at each evaluation
+D_SCORED = 2000  # sequences of each kind the discriminator scores at an adversarial evaluation
 REWARDS = ("discriminator", "bleu")
 BASELINES = ("none", "mean")
 REWARD_NORMS = ("none", "std")
@@ -352,12 +353,18 @@ class Trainer:
     ``dist``: this process's place among the ranks of a torchrun launch (``setup_from_env``); the default is
     one process. Every rank builds a Trainer with the same arguments; only rank 0 evaluates, calls
     ``callback`` and writes into ``run_dir``.
+
+    ``heldout``: real sequences kept out of training. With them, each evaluation in the adversarial phase also
+    reports the discriminator's mean reward (P(real); a critic's score) for up to 2,000 training positives
+    (``d_train_real``), as many held-out ones (``d_heldout_real``) and as many fresh samples of G
+    (``d_generated``): a discriminator that has learned its training set rather than the data scores the
+    held-out sequences about as low as the generated ones.
     """
 
     def __init__(self, config: TrainConfig, train_data: torch.Tensor, run_dir: str | RunDir | None = None,
                  evaluate: Evaluator | None = None, callback: Callable[[dict], None] | None = None,
                  reward_fn: RewardFn | None = None, kind: str = "tokens", tokenizer: bytes | None = None,
-                 extra: dict | None = None, dist: DistContext = SINGLE):
+                 extra: dict | None = None, dist: DistContext = SINGLE, heldout: torch.Tensor | None = None):
         self.config = config.validate()
         self.dist = dist
         self.device = dist.device if dist.distributed else resolve_device(config.device)
@@ -377,6 +384,9 @@ class Trainer:
                               f"({config.batch_size}), num_negatives ({config.num_negatives}) and the training "
                               f"data ({len(train_data)})")
         self.data = train_data.to(self.device)
+        if heldout is not None and (heldout.dim() != 2 or heldout.shape[1] != config.seq_len):
+            raise ConfigError(f"held-out data must be [N, {config.seq_len}] token ids, got {list(heldout.shape)}")
+        self.heldout = heldout[:D_SCORED].to(self.device) if heldout is not None and len(heldout) else None
         if run_dir is not None and not isinstance(run_dir, RunDir):
             run_dir = RunDir(run_dir)
         self.run_dir = run_dir.create() if run_dir is not None and dist.is_main else None
@@ -590,10 +600,21 @@ class Trainer:
         if self.run_dir is not None:
             write_token_file(self.generator.sample(SAMPLES_KEPT, self.config.seq_len, generator=rng),
                              self.run_dir.samples / f"{name}.txt")
-        if self.evaluate_fn is None:
-            return {}
+        metrics = {}
         with torch.no_grad():
-            return self.evaluate_fn(self.generator, rng)
+            if self.evaluate_fn is not None:
+                metrics.update(self.evaluate_fn(self.generator, rng))
+            adversarial = self.unit < len(self.schedule) and self.schedule[self.unit][0] == "adversarial"
+            if adversarial and self.heldout is not None and self.config.reward == "discriminator":
+                metrics.update(self.discriminator_scores(rng))  # after the evaluator: its samples stay the same
+        return metrics
+
+    def discriminator_scores(self, rng: torch.Generator) -> dict:
+        """D's mean reward for training positives, held-out real sequences and fresh samples (see the class)."""
+        n = len(self.heldout)
+        generated = self.generator.sample(n, self.config.seq_len, generator=rng)
+        scored = {"d_train_real": self.data[:n], "d_heldout_real": self.heldout, "d_generated": generated}
+        return {name: float(self.reward_fn(tokens).float().mean()) for name, tokens in scored.items()}
 
     def emit(self, event: dict) -> None:
         event = {"time": time.time(), **event}

@@ -448,6 +448,34 @@ def test_tiny_run_through_all_phases(tmp_path):
     assert status["unit"] == status["units"] == units
 
 
+def test_adversarial_evaluations_score_held_out_data_with_the_discriminator(tmp_path):
+    """Given held-out data, adversarial evaluations add D's mean P(real) of training positives, held-out sequences
+    and fresh samples; scoring them changes neither training nor the other metrics."""
+    config = tiny_config()
+    train, heldout, evaluate = tiny_task(config)
+    plain = Trainer(config, train, tmp_path / "plain", evaluate)
+    assert plain.run() == "finished"
+    scored = Trainer(config, train, tmp_path / "scored", evaluate, heldout=heldout)  # seeds torch's RNG again
+    assert scored.run() == "finished"
+    keys = {"d_train_real", "d_heldout_real", "d_generated"}
+    plain_events, scored_events = RunDir(tmp_path / "plain").events(), RunDir(tmp_path / "scored").events()
+    assert not any(keys & e.keys() for e in plain_events)
+    for e in scored_events:
+        assert (keys <= e.keys()) == (e["phase"] == "adversarial" and "nll_oracle" in e), e
+        assert all(0.0 <= e[k] <= 1.0 for k in keys & e.keys())
+    assert without_times(plain_events) == without_times([{k: v for k, v in e.items() if k not in keys}
+                                                         for e in scored_events])
+    assert state_equal(plain.generator.state_dict(), scored.generator.state_dict())
+    assert state_equal(plain.discriminator.state_dict(), scored.discriminator.state_dict())
+    # The last evaluation follows the last discriminator round: the final D gives the same means.
+    last, D = scored_events[-1], scored.discriminator.eval()
+    with torch.no_grad():
+        assert last["d_train_real"] == pytest.approx(float(D.prob_real(train[:len(heldout)]).mean()), abs=1e-6)
+        assert last["d_heldout_real"] == pytest.approx(float(D.prob_real(heldout).mean()), abs=1e-6)
+    with pytest.raises(ConfigError, match="held-out data must be"):
+        Trainer(config, train, heldout=heldout[:, :3])
+
+
 # ----- 6. stop and resume give exactly the weights of an uninterrupted run ---------------------------------------
 def test_stop_and_resume_is_exactly_an_uninterrupted_run(tmp_path):
     config = tiny_config(mle_epochs=4, d_pretrain_rounds=2, adv_iters=4, eval_every=3)
