@@ -354,11 +354,11 @@ class Trainer:
     one process. Every rank builds a Trainer with the same arguments; only rank 0 evaluates, calls
     ``callback`` and writes into ``run_dir``.
 
-    ``heldout``: real sequences kept out of training. With them, each evaluation in the adversarial phase also
-    reports the discriminator's mean reward (P(real); a critic's score) for up to 2,000 training positives
-    (``d_train_real``), as many held-out ones (``d_heldout_real``) and as many fresh samples of G
-    (``d_generated``): a discriminator that has learned its training set rather than the data scores the
-    held-out sequences about as low as the generated ones.
+    ``heldout``: real sequences kept out of training. With them, each evaluation in the adversarial phase of a run
+    whose rewards come from the discriminator also reports its mean reward (P(real); a critic's score) for up
+    to 2,000 training positives (``d_train_real``), as many held-out ones (``d_heldout_real``) and as many fresh
+    samples of G (``d_generated``): a discriminator that has learned its training set rather than the data
+    scores the held-out sequences about as low as the generated ones.
     """
 
     def __init__(self, config: TrainConfig, train_data: torch.Tensor, run_dir: str | RunDir | None = None,
@@ -386,6 +386,8 @@ class Trainer:
         self.data = train_data.to(self.device)
         if heldout is not None and (heldout.dim() != 2 or heldout.shape[1] != config.seq_len):
             raise ConfigError(f"held-out data must be [N, {config.seq_len}] token ids, got {list(heldout.shape)}")
+        if heldout is not None and len(heldout) and (int(heldout.min()) < 0 or int(heldout.max()) >= config.vocab_size):
+            raise ConfigError(f"held-out data has token ids outside 0..{config.vocab_size - 1}")
         self.heldout = heldout[:D_SCORED].to(self.device) if heldout is not None and len(heldout) else None
         if run_dir is not None and not isinstance(run_dir, RunDir):
             run_dir = RunDir(run_dir)
@@ -409,8 +411,9 @@ class Trainer:
             "d": adam(self.discriminator.parameters(), lr=c.d_lr),
         }
         self.d_autocast = partial(bf16_autocast, self.device.type, c.d_precision == "bf16")
-        self.reward_fn = reward_fn or discriminator_reward(self.discriminator, critic=c.critic == "wasserstein",
-                                                           bf16=c.d_precision == "bf16")
+        self.d_reward = discriminator_reward(self.discriminator, critic=c.critic == "wasserstein",
+                                             bf16=c.d_precision == "bf16")
+        self.reward_fn = reward_fn or self.d_reward
         # Losses that get a gradient are computed through these (under DDP on several ranks, see distributed.py).
         self.g_objective = dist.wrap(Objective(self.generator))
         self.d_objective = dist.wrap(Objective(self.discriminator))
@@ -591,8 +594,9 @@ class Trainer:
         return event
 
     # ----- the loop ----------------------------------------------------------------------------------------
-    def evaluate(self, name: str) -> dict:
-        """Metrics of the generator now, and a few of its samples in ``samples/<name>.txt``."""
+    def evaluate(self, name: str, adversarial: bool = False) -> dict:
+        """Metrics of the generator now, and a few of its samples in ``samples/<name>.txt``; ``adversarial``: also
+        ``discriminator_scores`` (with held-out data, when D gives the rewards)."""
         if not self.dist.is_main:  # rank 0 evaluates; the others wait for it at the end of the unit
             return {}
         rng = torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + self.unit)
@@ -604,7 +608,6 @@ class Trainer:
         with torch.no_grad():
             if self.evaluate_fn is not None:
                 metrics.update(self.evaluate_fn(self.generator, rng))
-            adversarial = self.unit < len(self.schedule) and self.schedule[self.unit][0] == "adversarial"
             if adversarial and self.heldout is not None and self.config.reward == "discriminator":
                 metrics.update(self.discriminator_scores(rng))  # after the evaluator: its samples stay the same
         return metrics
@@ -614,7 +617,7 @@ class Trainer:
         n = len(self.heldout)
         generated = self.generator.sample(n, self.config.seq_len, generator=rng)
         scored = {"d_train_real": self.data[:n], "d_heldout_real": self.heldout, "d_generated": generated}
-        return {name: float(self.reward_fn(tokens).float().mean()) for name, tokens in scored.items()}
+        return {name: float(self.d_reward(tokens).float().mean()) for name, tokens in scored.items()}
 
     def emit(self, event: dict) -> None:
         event = {"time": time.time(), **event}
@@ -649,7 +652,7 @@ class Trainer:
             total = self.phase_units[phase]
             last_of_phase = index == total - 1
             if phase != "d_pretrain" and (index % c.eval_every == 0 or last_of_phase):
-                event.update(self.evaluate(f"{phase}-{index + 1:04d}"))
+                event.update(self.evaluate(f"{phase}-{index + 1:04d}", adversarial=phase == "adversarial"))
             self.unit += 1
             self.emit({"unit": self.unit - 1, "phase": phase, "step": index + 1, "total": total,
                        "seconds": time.perf_counter() - started, **event})

@@ -474,6 +474,8 @@ def test_adversarial_evaluations_score_held_out_data_with_the_discriminator(tmp_
         assert last["d_heldout_real"] == pytest.approx(float(D.prob_real(heldout).mean()), abs=1e-6)
     with pytest.raises(ConfigError, match="held-out data must be"):
         Trainer(config, train, heldout=heldout[:, :3])
+    with pytest.raises(ConfigError, match="held-out data has token ids outside"):
+        Trainer(config, train, heldout=heldout + config.vocab_size)
 
 
 # ----- 6. stop and resume give exactly the weights of an uninterrupted run ---------------------------------------
