@@ -4,10 +4,10 @@
 ``seqgan/checkpoints/mle.pt``) and writes: the 10,000 positives; for each of R rounds 10,000 negatives sampled
 from the MLE generator; 2,000 more negatives for evaluation; each round's batch order; the initial weights of a
 paper-sized discriminator. ``ours`` and ``tensorflow`` then train R rounds of 3 epochs (batch 64, dropout keep
-0.75, L2 0.2 on the output layer, Adam 1e-4) from those weights in that order, so only the dropout masks and the
-arithmetic differ, and print after each round the mean training loss and accuracy and the mean P(real) of 2,000
-training positives, of the run's held-out oracle samples and of the evaluation negatives. ``table`` prints both
-side by side.
+0.75, L2 0.2 on the output layer, Adam 1e-4; ours with ``--adam-epsilon tf1``, the default, or ``torch``) from
+those weights in that order, so only the dropout masks and the arithmetic differ, and print after each round
+the mean training loss and accuracy and the mean P(real) of 2,000 training positives, of the run's held-out
+oracle samples and of the evaluation negatives. ``table`` prints both side by side.
 
 The TensorFlow side rebuilds the original's discriminator.py (LantaoYu/SeqGAN) in tf.compat.v1 graph mode:
 conv2d VALID over the [20, 64, 1] embedded image per width, ReLU, max_pool over time, the highway with gate bias
@@ -85,7 +85,7 @@ def train_rounds(step, p_real, data, out: Path):
             print(" ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
 
 
-def ours(work: Path):
+def ours(work: Path, adam_epsilon: str):
     import torch
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from seqgan import cli, train
@@ -98,13 +98,18 @@ def ours(work: Path):
     D = Discriminator(VOCAB, SEQ_LEN)
     D.load_state_dict({k: torch.from_numpy(init[k]) for k in init.files})
     optimizer = train.adam(D.parameters(), 1e-4)
+    steps = 0
 
     def step(tokens, labels):
+        nonlocal steps
         D.train()
         labels = torch.from_numpy(labels)
         loss, logits = train.discriminator_loss(D, torch.from_numpy(tokens), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        steps += 1
+        if adam_epsilon == "tf1":
+            train.tf1_adam_epsilon(optimizer, steps)
         optimizer.step()
         return loss.item(), int((logits.argmax(1) == labels).sum())
 
@@ -113,7 +118,7 @@ def ours(work: Path):
         with torch.no_grad():
             return float(D.prob_real(torch.from_numpy(tokens)).mean())
 
-    train_rounds(step, p_real, np.load(work / "data.npz"), work / "ours.jsonl")
+    train_rounds(step, p_real, np.load(work / "data.npz"), work / f"ours-{adam_epsilon}.jsonl")
 
 
 def tensorflow(work: Path):
@@ -166,8 +171,9 @@ def tensorflow(work: Path):
     train_rounds(step, p_real, np.load(work / "data.npz"), work / "tensorflow.jsonl")
 
 
-def table(work: Path):
-    sides = {name: [json.loads(line) for line in open(work / f"{name}.jsonl")] for name in ("ours", "tensorflow")}
+def table(work: Path, adam_epsilon: str):
+    sides = {name: [json.loads(line) for line in open(work / f"{name}.jsonl")]
+             for name in (f"ours-{adam_epsilon}", "tensorflow")}
     print("| round | " + " | ".join(f"{c} ours / TF" for c in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for a, b in zip(*sides.values()):
@@ -179,14 +185,17 @@ def main():
     parser.add_argument("what", choices=("prep", "ours", "tensorflow", "table"))
     parser.add_argument("--run", type=Path, help="prep: a seed folder of `seqgan oracle run`")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--adam-epsilon", choices=("tf1", "torch"), default="tf1", help="ours, table: Adam's epsilon")
     parser.add_argument("--work", type=Path, default=Path("/tmp/discriminator-vs-tensorflow"))
     args = parser.parse_args()
     if args.what == "prep":
         if args.run is None:
             parser.error("prep needs --run")
         prep(args.run, args.rounds, args.work)
+    elif args.what == "tensorflow":
+        tensorflow(args.work)
     else:
-        {"ours": ours, "tensorflow": tensorflow, "table": table}[args.what](args.work)
+        {"ours": ours, "table": table}[args.what](args.work, args.adam_epsilon)
 
 
 if __name__ == "__main__":

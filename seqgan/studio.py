@@ -252,6 +252,7 @@ OPTION_GROUPS = {
     "Adversarial training": ["adv_iters", "g_steps", "d_steps", "rollouts", "pg_lr"],  # PG-BLEU: oracle run
     "Beyond the paper (stability options, off by default)": ["baseline", "reward_norm", "critic", "gp_weight"],
     "Speed (beyond the paper, off by default)": ["d_precision"],
+    "Optimizer": ["adam_epsilon"],
     "Evaluation and checkpoints": ["eval_every", "eval_samples", "checkpoint_seconds"],
 }
 OPTION_HELP = {  # train.OPTION_HELP, worded for the app's boxes where the corpus or an empty box matters

@@ -63,8 +63,10 @@ BASELINES = ("none", "mean")
 REWARD_NORMS = ("none", "std")
 CRITICS = ("classifier", "wasserstein")
 PRECISIONS = ("fp32", "bf16")
+ADAM_EPSILONS = ("tf1", "torch")
+ADAM_EPSILON = 1e-8  # Adam's epsilon in the original (TensorFlow's default) and in torch
 CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS,
-           "d_precision": PRECISIONS}
+           "d_precision": PRECISIONS, "adam_epsilon": ADAM_EPSILONS}
 # What each TrainConfig field means, for the command line's --help and the app's option boxes.
 OPTION_HELP = {
     "vocab_size": "token ids 0..vocab_size-1 (a corpus decides it; for text, the SentencePiece vocabulary)",
@@ -88,6 +90,8 @@ OPTION_HELP = {
     "d_epochs": "discriminator epochs per round",
     "num_negatives": "generated sequences per discriminator round (and as many real ones)",
     "d_precision": "bf16: the discriminator trains and scores in bfloat16 (weights, Adam and rewards stay fp32)",
+    "adam_epsilon": "where every Adam adds its epsilon: tf1 = the original's TensorFlow 1, to sqrt(v) before the bias "
+                    "correction; torch = torch's, after it (they differ where gradients are below ~1e-5)",
     "adv_iters": "adversarial iterations",
     "g_steps": "policy-gradient steps per adversarial iteration",
     "d_steps": "discriminator rounds per adversarial iteration",
@@ -165,6 +169,7 @@ class TrainConfig:
     reward_norm: str = "none"  # "std": standardise the rewards at each step over the batch (mean 0, sd 1)
     critic: str = "classifier"  # "wasserstein": D is a WGAN-GP critic and its score is the reward
     gp_weight: float = 10.0  # the critic's gradient-penalty weight (WGAN-GP's lambda)
+    adam_epsilon: str = "tf1"  # "torch": torch's placement of Adam's epsilon (see tf1_adam_epsilon)
     # bookkeeping
     eval_every: int = 5
     eval_samples: int = 10000
@@ -228,7 +233,7 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**{"adam_epsilon": "torch", **data})  # saved before the option: made with torch's epsilon
 
     def units(self) -> list[tuple[str, int]]:
         """The schedule as (phase, index) pairs; PG-BLEU has no discriminator to pre-train."""
@@ -294,6 +299,17 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(parameters, lr=lr, fused=True)
     except (RuntimeError, TypeError):  # torch < 2.4 on CPU, or a device without the fused kernel
         return torch.optim.Adam(parameters, lr=lr)
+
+
+def tf1_adam_epsilon(optimizer: torch.optim.Adam, step: int) -> None:
+    """Make torch's Adam take TensorFlow 1's update at ``step`` (1, 2, ...). TensorFlow 1 adds epsilon to sqrt(v)
+    before the bias correction, lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps); torch adds it after,
+    lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps). With eps / sqrt(1 - b2^t) in torch's formula the two are
+    equal. Against torch's, TensorFlow's epsilon weighs 1 / sqrt(1 - b2^t) times more, 32x at the first step and
+    2.3x at the 200th: it damps the updates of entries with small gradients (a rare token's embedding) in an
+    optimizer's first thousand or so steps, which are all 200 of the policy gradient's."""
+    for group in optimizer.param_groups:
+        group["eps"] = ADAM_EPSILON / math.sqrt(1.0 - group["betas"][1] ** step)
 
 
 def _with_implementation_of(optimizer: torch.optim.Optimizer, state: dict) -> dict:
@@ -410,6 +426,7 @@ class Trainer:
             "pg": adam(self.generator.parameters(), lr=c.pg_lr),
             "d": adam(self.discriminator.parameters(), lr=c.d_lr),
         }
+        self._adam_steps = {}  # updates each optimizer has made (``_adam_step``)
         self.d_autocast = partial(bf16_autocast, self.device.type, c.d_precision == "bf16")
         self.d_reward = discriminator_reward(self.discriminator, critic=c.critic == "wasserstein",
                                              bf16=c.d_precision == "bf16")
@@ -452,6 +469,7 @@ class Trainer:
         if not weights_only:
             for name, opt in self.optimizers.items():
                 opt.load_state_dict(_with_implementation_of(opt, bundle["optimizers"][name]))
+            self._adam_steps = {}  # read afresh from the loaded states
             if self.shared_rng is None:
                 torch.set_rng_state(bundle["rng"]["torch"])
                 if self.device.type == "cuda" and "cuda" in bundle["rng"]:
@@ -486,7 +504,18 @@ class Trainer:
         (loss if scale == 1.0 else loss * scale).backward()
         if clip_parameters is not None:
             torch.nn.utils.clip_grad_norm_(clip_parameters, self.config.grad_clip)
+        if self.config.adam_epsilon == "tf1":
+            tf1_adam_epsilon(optimizer, self._adam_step(optimizer))
         optimizer.step()
+
+    def _adam_step(self, optimizer) -> int:
+        """The number of the update ``optimizer`` is about to make (1, 2, ...), counted here after it is read once
+        from the optimizer's state (where it is a tensor: on a GPU every read would wait for the device)."""
+        done = self._adam_steps.get(id(optimizer))
+        if done is None:
+            done = max((int(state["step"]) for state in optimizer.state.values() if "step" in state), default=0)
+        self._adam_steps[id(optimizer)] = done + 1
+        return done + 1
 
     def _batches(self, n: int, batch_size: int, generator: torch.Generator | None = None):
         """Shuffled full batches (the original drops the last partial one); one batch if n < batch_size."""

@@ -387,6 +387,39 @@ def test_discriminator_epochs_of_a_round_repeat_one_shuffled_batch_order(monkeyp
     assert not all(torch.equal(seen[0], s) for s in seen[1:per_epoch])  # shuffled: batches differ
 
 
+def test_adam_takes_tensorflow_1s_update_and_torchs_on_request():
+    """TensorFlow 1's Adam: lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps), eps before the bias correction
+    (the original's). Gradients from 1e-2 down to 0, where the placement of eps decides the update."""
+    train, _, _ = tiny_task(tiny_config())
+    grads = torch.tensor([1e-2, 1e-5, 1e-7, 3e-8, 1e-9, 0.0], dtype=torch.float64)
+    finals = {}
+    for placement in ("tf1", "torch"):
+        trainer = Trainer(tiny_config(adam_epsilon=placement), train)
+        weight = torch.nn.Parameter(torch.zeros(len(grads)))
+        optimizer = torch.optim.Adam([weight], lr=0.01)
+        m, v, tf1 = (torch.zeros(len(grads), dtype=torch.float64) for _ in range(3))
+        for t in range(1, 6):
+            g = grads * (1 + 0.25 * t)
+            trainer._step(optimizer, (weight * g.float()).sum())
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            tf1 -= 0.01 * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (v.sqrt() + 1e-8)
+            if placement == "tf1":
+                assert torch.allclose(weight.detach().double(), tf1, rtol=1e-5, atol=1e-12), t
+        finals[placement] = weight.detach().double()
+    assert not torch.allclose(finals["torch"][1:5], tf1[1:5], rtol=0.01)  # torch's epsilon: larger steps there
+    assert torch.allclose(finals["torch"][:1], tf1[:1], rtol=1e-3)  # and the same where gradients are large
+
+
+def test_configurations_saved_before_the_epsilon_option_keep_torchs_placement():
+    assert TrainConfig().adam_epsilon == "tf1"
+    saved = TrainConfig(vocab_size=50, seq_len=8).to_dict()
+    assert TrainConfig.from_dict(saved).adam_epsilon == "tf1"
+    del saved["adam_epsilon"]
+    assert TrainConfig.from_dict(saved).adam_epsilon == "torch"
+    with pytest.raises(ConfigError, match="adam_epsilon must be one of tf1, torch"):
+        TrainConfig(vocab_size=50, seq_len=8, adam_epsilon="tf2").validate()
+
+
 # ----- 5. a tiny run through every phase ------------------------------------------------------------------------
 def test_tiny_run_through_all_phases(tmp_path):
     config = tiny_config()
