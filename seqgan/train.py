@@ -312,6 +312,14 @@ def tf1_adam_epsilon(optimizer: torch.optim.Adam, step: int) -> None:
         group["eps"] = ADAM_EPSILON / math.sqrt(1.0 - group["betas"][1] ** step)
 
 
+def check_token_ids(what: str, tokens: torch.Tensor, config: TrainConfig) -> None:
+    """``tokens`` must be [N, seq_len] ids of the config's vocabulary (a ``ConfigError`` naming ``what``)."""
+    if tokens.dim() != 2 or tokens.shape[1] != config.seq_len:
+        raise ConfigError(f"{what} must be [N, {config.seq_len}] token ids, got {list(tokens.shape)}")
+    if len(tokens) and (int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size):
+        raise ConfigError(f"{what} has token ids outside 0..{config.vocab_size - 1}")
+
+
 def _with_implementation_of(optimizer: torch.optim.Optimizer, state: dict) -> dict:
     """A saved optimizer state whose groups use ``optimizer``'s implementation (fused or not, chosen for this
     machine by ``adam``) rather than the one of the machine that saved it; the numbers are the same."""
@@ -387,12 +395,9 @@ class Trainer:
         if config.d_precision == "bf16" and not bf16_capable(self.device):
             raise ConfigError(f"d_precision bf16: this GPU ({torch.cuda.get_device_name(self.device)}) has no "
                               f"native bfloat16 (it needs compute capability 8.0, Ampere, or later); use fp32")
-        if train_data.dim() != 2 or train_data.shape[1] != config.seq_len:
-            raise ConfigError(f"training data must be [N, {config.seq_len}] token ids, got {list(train_data.shape)}")
+        check_token_ids("training data", train_data, config)
         if len(train_data) == 0:
             raise ConfigError("training data is empty")
-        if int(train_data.min()) < 0 or int(train_data.max()) >= config.vocab_size:
-            raise ConfigError(f"training data has token ids outside 0..{config.vocab_size - 1}")
         if config.reward == "bleu" and reward_fn is None:
             raise ConfigError("reward 'bleu' needs a reward function (PG-BLEU is set up by the oracle experiment)")
         if min(config.batch_size, config.num_negatives, len(train_data)) < dist.world_size:
@@ -400,10 +405,8 @@ class Trainer:
                               f"({config.batch_size}), num_negatives ({config.num_negatives}) and the training "
                               f"data ({len(train_data)})")
         self.data = train_data.to(self.device)
-        if heldout is not None and (heldout.dim() != 2 or heldout.shape[1] != config.seq_len):
-            raise ConfigError(f"held-out data must be [N, {config.seq_len}] token ids, got {list(heldout.shape)}")
-        if heldout is not None and len(heldout) and (int(heldout.min()) < 0 or int(heldout.max()) >= config.vocab_size):
-            raise ConfigError(f"held-out data has token ids outside 0..{config.vocab_size - 1}")
+        if heldout is not None:
+            check_token_ids("held-out data", heldout, config)
         self.heldout = heldout[:D_SCORED].to(self.device) if heldout is not None and len(heldout) else None
         if run_dir is not None and not isinstance(run_dir, RunDir):
             run_dir = RunDir(run_dir)
