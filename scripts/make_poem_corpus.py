@@ -83,7 +83,8 @@ def select(df: pd.DataFrame) -> pd.Series:
     counts = collections.Counter(w for text in df.text for w in WORD.findall(text.lower()))
     s = step("lines in the corpus", df.text)
     s = step("iambic pentameter, 10 syllables",
-             s[(df.meter == "iambic pentameter") & (df.syllables == 10)].str.replace(r"\s+", " ", regex=True).str.strip())
+             s[(df.meter == "iambic pentameter") & (df.syllables == 10)]
+             .str.replace(r"\s+", " ", regex=True).str.strip())
     s = step("only ASCII letters, spaces and , . ; : ! ? ' -", s[s.str.fullmatch(r"[A-Za-z ,.;:!?'\-]+")])
     s = step(f"{MIN_CHARS}-{MAX_CHARS} characters", s[s.str.len().between(MIN_CHARS, MAX_CHARS)])
     s = step("starts with a capital letter", s[s.str.match(r"[A-Z]")])

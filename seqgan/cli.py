@@ -359,7 +359,8 @@ def cmd_export(args) -> int:
     if (source / "samples").is_dir():
         shutil.copytree(source / "samples", target / "samples")
     for role in roles:
-        save_bundle(slim_bundle(load_bundle(source / "checkpoints" / f"{role}.pt")), target / "checkpoints" / f"{role}.pt")
+        bundle = load_bundle(source / "checkpoints" / f"{role}.pt")
+        save_bundle(slim_bundle(bundle), target / "checkpoints" / f"{role}.pt")
     print(f"exported {', '.join(roles)} checkpoints: {target}")
     return 0
 

@@ -4,8 +4,8 @@ Both follow the original release (LantaoYu/SeqGAN): the generator's parameters a
 one bias per LSTM gate; its first input is the embedding of ``start_token`` (token 0, also an ordinary token in
 the oracle task) with h = c = 0. The discriminator is the paper's CNN: filter widths 1..10, 15, 20 with 100..200
 maps, ReLU, max-over-time pooling, one highway layer (gate bias 0, as the original calls it), dropout (keep 0.75)
-and a 2-way output whose weights carry an L2 penalty of 0.2. Its convolutions are 1-D over the embedding (Conv1d, measured faster than the
-original's Conv2d form; on CPU im2col products, see ``kernels``).
+and a 2-way output whose weights carry an L2 penalty of 0.2. Its convolutions are 1-D over the embedding (Conv1d,
+measured faster than the original's Conv2d form; on CPU im2col products, see ``kernels``).
 
 The same network also serves as a Wasserstein-style critic (an option; see ``train.critic_loss``): its score is
 the difference of the two output logits, so that the classifier's P(real) is sigmoid(score) and the critic's
@@ -262,7 +262,8 @@ class Discriminator(nn.Module):
 
     def prob_real_completions(self, completions: torch.Tensor, sequences: torch.Tensor,
                               critic: bool = False) -> torch.Tensor:
-        """D(Y) = P(real) (``critic``: the critic's score) of Monte-Carlo completions [T-1, N, B, T] of ``sequences`` [B, T]: [T-1, N, B].
+        """D(Y) = P(real) (``critic``: the critic's score) of Monte-Carlo completions [T-1, N, B, T] of
+        ``sequences`` [B, T]: [T-1, N, B].
 
         Completion [t-1, n, b] shares its first t tokens with sequence b, so every convolution window that lies
         inside that prefix has the same output as in sequence b itself: those windows are computed once for the

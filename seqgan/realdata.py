@@ -58,8 +58,8 @@ PRESETS = {
 # SeqGAN gain that a colder MLE matches at the same Self-BLEU was bought by narrowing, not by the adversary.
 MLE_TEMPERATURES = (0.9, 0.8, 0.7)
 METRICS = ("bleu2", "bleu3", "bleu4", "mse", "silent", "self_bleu4", "distinct2", "nll_test")
-LABELS = {"bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "mse": "MSE", "silent": "silent windows", "self_bleu4": "Self-BLEU-4",
-          "distinct2": "distinct-2", "nll_test": "NLL-test"}
+LABELS = {"bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "mse": "MSE", "silent": "silent windows",
+          "self_bleu4": "Self-BLEU-4", "distinct2": "distinct-2", "nll_test": "NLL-test"}
 
 
 def load_generator(path: Path, device: torch.device):

@@ -17,7 +17,8 @@ def test_bench_engine_quick_prints_a_row_per_piece():
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"matmul rate .*torch\.mm \d+\.\d GFLOP/s", done.stdout)
-    rows = {line.split("  ")[0]: line for line in done.stdout.splitlines() if line.startswith(("adversarial", "sample"))}
+    lines = done.stdout.splitlines()
+    rows = {line.split("  ")[0]: line for line in lines if line.startswith(("adversarial", "sample"))}
     assert set(rows) == {"adversarial G step (N=4)", "sample 640"}, done.stdout
     assert re.search(r"softmax rate \d+\.\d+ G logits/s.*memory bandwidth \d+\.\d GB/s", done.stdout)
     for line in rows.values():  # ours, plain, naive ("-"), vs plain, vs naive ("-"), GFLOP, floor, ours/floor,

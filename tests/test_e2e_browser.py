@@ -61,7 +61,8 @@ class Server:
                 return self.url
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the app server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+                    log = (self.root / "server.log").read_text()[-2000:]
+                    raise RuntimeError(f"the app server did not start: {log}")
                 time.sleep(0.2)
 
     def stop(self) -> None:
