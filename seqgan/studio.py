@@ -246,7 +246,7 @@ PRESETS = {
 OPTION_GROUPS = {
     "Data": ["vocab_size", "seq_len", "seed"],
     "Generator (MLE pre-training)": ["g_emb_dim", "g_hidden_dim", "batch_size", "mle_epochs", "mle_lr",
-                                     "scheduled_sampling", "grad_clip"],
+                                     "mle_order", "scheduled_sampling", "grad_clip"],
     "Discriminator": ["d_emb_dim", "d_filter_sizes", "d_num_filters", "d_dropout_keep", "d_l2", "d_lr",
                       "d_batch_size", "d_pretrain_rounds", "d_epochs", "num_negatives"],
     "Adversarial training": ["adv_iters", "g_steps", "d_steps", "rollouts", "pg_lr"],  # PG-BLEU: oracle run
@@ -295,7 +295,8 @@ def option_specs(preset: str, kind: str) -> list[OptionSpec]:
             if name == "vocab_size":
                 default = {"text": p.text_vocab_size, "music": None}.get(kind, default)
             ftype = "list" if name.startswith(("d_filter", "d_num")) else str(fields[name].type)
-            specs.append(OptionSpec(name, group, ftype, default, OPTION_HELP[name], list(CHOICES.get(name, [])) or None))
+            choices = list(CHOICES.get(name, [])) or None
+            specs.append(OptionSpec(name, group, ftype, default, OPTION_HELP[name], choices))
     return specs
 
 
@@ -419,7 +420,8 @@ class RunInfo:
 def _run_info(run: RunDir, run_id: str, builtin: bool) -> RunInfo:
     saved = run.read_config() or {}
     task = saved.get("task", {})
-    source = task.get("source") or task.get("oracle_params") or ("random oracle" if task.get("kind") == "oracle" else "")
+    random_oracle = "random oracle" if task.get("kind") == "oracle" else ""
+    source = task.get("source") or task.get("oracle_params") or random_oracle
     meta = jobs.job_meta(run)
     state = jobs.JobState("demo", False, None, None) if builtin else jobs.job_state(run)
     created = (jobs.read_job(run) or {}).get("created")
@@ -464,7 +466,8 @@ def get_run(run_id: str) -> RunInfo:
     else:
         path = jobs.runs_root() / run_id
         builtin = False
-    if "/" in run_id or ".." in run_id or not RunDir(path).exists() or (builtin and not (path / "config.json").exists()):
+    unsafe = "/" in run_id or ".." in run_id
+    if unsafe or not RunDir(path).exists() or (builtin and not (path / "config.json").exists()):
         raise InputError(run_id, "no such run")
     return _run_info(RunDir(path), run_id, builtin)
 

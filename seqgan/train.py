@@ -12,9 +12,9 @@ generator is evaluated every ``eval_every`` units of the mle and adversarial pha
 training). Checkpoints hold everything needed to continue exactly: G, D, the three optimizers, the RNG state
 and the next unit. ``mle.pt`` is the MLE baseline (the generator at the end of pre-training).
 
-Differences from the original code, all deliberate: MLE batches are reshuffled every epoch (the original reads
-them in file order); evaluation draws from its own seeded RNG so that evaluating more or less often does not
-change training.
+MLE reads its batches in one fixed order every epoch, as the original reads its file of training samples
+(``mle_order="reshuffle"`` draws a new order each epoch). Difference from the original code, deliberate:
+evaluation draws from its own seeded RNG so that evaluating more or less often does not change training.
 
 Options beyond the paper, all off by default (``TrainConfig``): a reward baseline (``baseline="mean"``), reward
 normalisation (``reward_norm="std"``: at each time step, rewards minus their batch mean, divided by their batch
@@ -64,9 +64,10 @@ REWARD_NORMS = ("none", "std")
 CRITICS = ("classifier", "wasserstein")
 PRECISIONS = ("fp32", "bf16")
 ADAM_EPSILONS = ("tf1", "torch")
+MLE_ORDERS = ("fixed", "reshuffle")
 ADAM_EPSILON = 1e-8  # Adam's epsilon in the original (TensorFlow's default) and in torch
 CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS,
-           "d_precision": PRECISIONS, "adam_epsilon": ADAM_EPSILONS}
+           "d_precision": PRECISIONS, "adam_epsilon": ADAM_EPSILONS, "mle_order": MLE_ORDERS}
 # What each TrainConfig field means, for the command line's --help and the app's option boxes.
 OPTION_HELP = {
     "vocab_size": "token ids 0..vocab_size-1 (a corpus decides it; for text, the SentencePiece vocabulary)",
@@ -77,6 +78,8 @@ OPTION_HELP = {
     "batch_size": "sequences per MLE batch and per policy-gradient step",
     "mle_epochs": "MLE pre-training epochs",
     "mle_lr": "MLE learning rate (Adam)",
+    "mle_order": "fixed: MLE reads the training sequences in one order, drawn from the seed, every epoch (the "
+                 "original reads its file in order); reshuffle: a new order every epoch",
     "scheduled_sampling": "final chance of feeding G its own token during MLE (0 = plain MLE)",
     "grad_clip": "global-norm clip of the generator's gradients",
     "d_emb_dim": "discriminator embedding size",
@@ -143,6 +146,7 @@ class TrainConfig:
     batch_size: int = 64
     mle_epochs: int = 120
     mle_lr: float = 0.01
+    mle_order: str = "fixed"  # "reshuffle": a new order of the MLE batches every epoch
     scheduled_sampling: float = 0.0  # final probability of feeding G its own token (Bengio et al. 2015); 0 = MLE
     grad_clip: float = 5.0
     # discriminator (filter lists empty = the paper's, minus widths longer than seq_len)
@@ -233,7 +237,8 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
-        return cls(**{"adam_epsilon": "torch", **data})  # saved before the option: made with torch's epsilon
+        # configurations saved before an option existed were made with the behaviour of that time
+        return cls(**{"adam_epsilon": "torch", "mle_order": "reshuffle", **data})
 
     def units(self) -> list[tuple[str, int]]:
         """The schedule as (phase, index) pairs; PG-BLEU has no discriminator to pre-train."""
@@ -526,12 +531,24 @@ class Trainer:
         size = min(batch_size, n)
         return [order[i:i + size] for i in range(0, n - size + 1, size)]
 
+    def mle_batches(self) -> list[torch.Tensor]:
+        """An MLE epoch's batches of row indices. ``mle_order="fixed"``: the same every epoch, in an order drawn
+        from the seed (the original reads its training file in order every epoch; for the oracle task that file
+        is i.i.d. samples, so a seeded order is the same schedule, and a sorted corpus cannot bias it).
+        ``"reshuffle"``: a new order every epoch, from the training stream."""
+        c = self.config
+        if c.mle_order == "fixed":
+            generator = torch.Generator(device=self.device).manual_seed(c.seed)
+        else:
+            generator = self.shared_rng
+        return self._batches(len(self.data), c.batch_size, generator)
+
     def mle_epoch(self, index: int) -> dict:
         c, G, dist = self.config, self.generator, self.dist
         G.train()
         own_prob = c.scheduled_sampling * index / max(1, c.mle_epochs - 1)
         losses = []
-        for idx in self._batches(len(self.data), c.batch_size, self.shared_rng):
+        for idx in self.mle_batches():
             mine = dist.shard(idx)  # every rank has the same global batch and takes its part
             share = len(mine) / len(idx)
             batch = self.data[mine]

@@ -387,6 +387,30 @@ def test_discriminator_epochs_of_a_round_repeat_one_shuffled_batch_order(monkeyp
     assert not all(torch.equal(seen[0], s) for s in seen[1:per_epoch])  # shuffled: batches differ
 
 
+@pytest.mark.parametrize("order", ["fixed", "reshuffle"])
+def test_mle_epochs_read_one_fixed_order_or_reshuffle_on_request(monkeypatch, order):
+    """The original reads its training file in the same order every epoch; ``reshuffle`` draws a new one."""
+    config = tiny_config(mle_order=order, batch_size=8)
+    train, _, _ = tiny_task(config)
+    trainer = Trainer(config, train)
+    seen = []
+    original = Generator.nll
+
+    def recording(self, tokens, *args, **kwargs):
+        seen.append(tokens.clone())
+        return original(self, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(Generator, "nll", recording)
+    trainer.mle_epoch(0)
+    trainer.mle_epoch(1)
+    per_epoch = len(train) // 8
+    assert len(seen) == 2 * per_epoch
+    first, second = torch.cat(seen[:per_epoch]), torch.cat(seen[per_epoch:])
+    assert sorted(map(tuple, first.tolist())) == sorted(map(tuple, train.tolist()))  # every row once an epoch
+    assert not torch.equal(first, train)  # an order drawn from the seed, not the rows as given
+    assert torch.equal(first, second) == (order == "fixed")
+
+
 def test_adam_takes_tensorflow_1s_update_and_torchs_on_request():
     """TensorFlow 1's Adam: lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps), eps before the bias correction
     (the original's). Gradients from 1e-2 down to 0, where the placement of eps decides the update."""
@@ -410,14 +434,17 @@ def test_adam_takes_tensorflow_1s_update_and_torchs_on_request():
     assert torch.allclose(finals["torch"][:1], tf1[:1], rtol=1e-3)  # and the same where gradients are large
 
 
-def test_configurations_saved_before_the_epsilon_option_keep_torchs_placement():
-    assert TrainConfig().adam_epsilon == "tf1"
+def test_configurations_saved_before_an_option_keep_the_behaviour_of_their_time():
+    assert (TrainConfig().adam_epsilon, TrainConfig().mle_order) == ("tf1", "fixed")
     saved = TrainConfig(vocab_size=50, seq_len=8).to_dict()
-    assert TrainConfig.from_dict(saved).adam_epsilon == "tf1"
-    del saved["adam_epsilon"]
-    assert TrainConfig.from_dict(saved).adam_epsilon == "torch"
+    assert TrainConfig.from_dict(saved) == TrainConfig(vocab_size=50, seq_len=8)
+    del saved["adam_epsilon"], saved["mle_order"]
+    old = TrainConfig.from_dict(saved)
+    assert (old.adam_epsilon, old.mle_order) == ("torch", "reshuffle")
     with pytest.raises(ConfigError, match="adam_epsilon must be one of tf1, torch"):
         TrainConfig(vocab_size=50, seq_len=8, adam_epsilon="tf2").validate()
+    with pytest.raises(ConfigError, match="mle_order must be one of fixed, reshuffle"):
+        TrainConfig(vocab_size=50, seq_len=8, mle_order="file").validate()
 
 
 # ----- 5. a tiny run through every phase ------------------------------------------------------------------------
