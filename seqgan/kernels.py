@@ -199,14 +199,39 @@ class PooledConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+def target_log_probs(logits: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor,
+                     find_rows: bool | None = None) -> torch.Tensor:
+    """log softmax(logits)[r, targets[r]] for each row r, from ``probs = softmax(logits)`` already computed.
+
+    log(probs[target]) is exact to float precision while that probability is a normal float; below 1e-30 (a
+    logit ~69 nats under the row's log-sum-exp) it loses precision and at ~1e-45 it is 0, so those rows come
+    from the logits' logsumexp instead. ``find_rows`` (default: on CPU) recomputes only those rows, which are
+    rare; otherwise (on a GPU, where finding them would wait for the device) every row's logsumexp is computed
+    and the exact value picked where needed.
+    """
+    target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    target_probs = probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+    logp = target_probs.log()
+    tiny = target_probs < 1e-30
+    if not (logits.device.type == "cpu" if find_rows is None else find_rows):
+        return torch.where(tiny, target_logits - logits.logsumexp(1), logp)
+    rows = tiny.nonzero().squeeze(1)
+    if len(rows):
+        logp[rows] = target_logits[rows] - logits[rows].logsumexp(1)
+    return logp
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """sum_r w_r * -log softmax(h_r W^T + b)[y_r], with its gradient computed in the same pass, chunk by chunk.
 
     Autograd would keep the whole [rows, V] logits and run log-softmax forward and backward over it, out of
     cache; this computes each chunk's logits, loss and gradient while they are in cache. Same three matrix
-    products, fewer passes over memory (the MLE-epoch figure in BENCHMARKS.md measures the difference). The
-    loss comes from the same softmax as the gradient: one pass of exponentials instead of two (log_softmax and
-    softmax), 15% of an MLE epoch.
+    products, fewer passes over memory (the MLE-epoch figure in BENCHMARKS.md measures the difference):
+    - the loss comes from the same softmax as the gradient (``target_log_probs``): one pass of exponentials;
+    - the gradient of the logits is w_r * (softmax - onehot); the weights w_r are applied to the small sides
+      of the two gradient products (the [rows, H] results and the [rows, H] hidden states), not to the
+      [rows, V] probabilities, and the bias's gradient sum_r w_r (softmax - onehot)_r comes out of the weight's
+      product as one more row: [h * w | w]^T (softmax - onehot), accumulated in that [H + 1, V] layout.
     """
 
     CHUNK = 128  # rows at a time on CPU (see ``rows_per_chunk``)
@@ -216,23 +241,24 @@ class LinearCrossEntropy(torch.autograd.Function):
         needs_grad = any(ctx.needs_input_grad[:3])
         total = hidden.new_zeros(())
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
-        grad_weight = torch.zeros_like(weight) if needs_grad else None
-        grad_bias = torch.zeros_like(bias) if needs_grad else None
+        grad_weight_bias = hidden.new_zeros(hidden.shape[1] + 1, len(weight)) if needs_grad else None
         chunk = rows_per_chunk(hidden, LinearCrossEntropy.CHUNK, len(weight))
+        minus_one = hidden.new_full((min(chunk, len(hidden)), 1), -1.0)
         for i in range(0, len(hidden), chunk):
             h, y, w = (x[i:i + chunk] for x in (hidden, targets, row_weights))
             logits = linear(h, weight, bias)
             probs = torch.softmax(logits, dim=1)
-            # log softmax at the targets from the same softmax (one pass of exponentials, not two): the largest
-            # probability is 1 / sum(exp(logits - top)), at least 1/V, so unlike log(probs[y]) it never underflows
-            target_logp = logits.gather(1, y.unsqueeze(1)).squeeze(1) - logits.amax(1) + probs.amax(1).log_()
-            total -= (w * target_logp).sum()
-            if needs_grad:  # d/dlogits = w * (softmax - onehot)
-                grad = probs.mul_(w.unsqueeze(1))
-                grad.scatter_add_(1, y.unsqueeze(1), -w.unsqueeze(1))
-                grad_hidden[i:i + chunk] = linear(grad, weight.t(), None)
-                grad_weight += linear(h.t(), grad.t(), None).t()  # h.t() @ grad, transposed
-                grad_bias += grad.sum(0)
+            total -= (w * target_log_probs(logits, probs, y)).sum()
+            if needs_grad:
+                w = w.unsqueeze(1)
+                grad = probs.scatter_add_(1, y.unsqueeze(1), minus_one[:len(y)])  # softmax - onehot
+                grad_hidden[i:i + chunk] = linear(grad, weight.t(), None).mul_(w)
+                weighted = torch.cat([h * w, w], dim=1)  # [rows, H + 1]
+                grad_weight_bias += linear(weighted.t(), grad.t(), None)
+        if needs_grad:
+            grad_weight, grad_bias = grad_weight_bias[:-1].t().contiguous(), grad_weight_bias[-1]
+        else:
+            grad_weight = grad_bias = None
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return total
 

@@ -781,22 +781,28 @@ def test_fused_weighted_nll_matches_autograd_loss_and_gradients():
 
 @pytest.mark.parametrize("leaders", [1, 3])  # the top token alone, or three sharing the top (probability 1/3)
 def test_fused_loss_is_exact_where_a_probability_underflows(leaders):
-    """Targets 200 nats below the top logits: probs[y] is 0 in fp32, yet each row's loss is the float64
-    log-softmax (the loss comes from the softmax: logit - top + log(largest probability))."""
-    from seqgan.kernels import LinearCrossEntropy
+    """Targets 60 to 200 nats below the top logits: probs[y] is tiny or 0 in fp32, yet each row's loss is the
+    float64 log-softmax (those rows' losses come from the logits' logsumexp, not from log(probs[y]))."""
+    from seqgan.kernels import LinearCrossEntropy, target_log_probs
 
     torch.manual_seed(0)
-    hidden = torch.randn(6, 4)
+    hidden = torch.randn(7, 4)
     weight, bias = torch.randn(11, 4) * 1e-3, torch.zeros(11)
     bias[:leaders] = 200.0
-    targets = torch.tensor([3, 4, 5, 6, 7, 0])
-    row_weights = torch.tensor([1.0, 0.5, 2.0, 1.0, 1.0, 3.0])
+    bias[8] = 140.0  # the last row's target: probability ~1e-26, a normal float, log(probs[y]) is exact
+    targets = torch.tensor([3, 4, 5, 6, 7, 0, 8])
+    row_weights = torch.tensor([1.0, 0.5, 2.0, 1.0, 1.0, 3.0, 1.0])
     logits = hidden.double() @ weight.double().t() + bias.double()
-    expected = -(row_weights.double() * torch.log_softmax(logits, 1).gather(1, targets.unsqueeze(1)).squeeze(1))
-    for row in range(6):  # one row at a time: an error in one would hide in a sum of ~1,000
+    expected_logp = torch.log_softmax(logits, 1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    expected = -(row_weights.double() * expected_logp)
+    for row in range(7):  # one row at a time: an error in one would hide in a sum of ~1,000
         loss = LinearCrossEntropy.apply(hidden[row:row + 1], weight, bias, targets[row:row + 1],
                                         row_weights[row:row + 1])
         assert loss.item() == pytest.approx(expected[row].item(), rel=1e-6, abs=1e-4), row  # fp32 logits near 200
+    fp32_logits = logits.float()
+    for find_rows in (True, False):  # the CPU's way and the GPU's, on the CPU
+        got = target_log_probs(fp32_logits, torch.softmax(fp32_logits, 1), targets, find_rows=find_rows)
+        assert torch.allclose(got.double(), expected_logp, rtol=1e-6, atol=1e-4), find_rows
 
 
 @pytest.mark.parametrize("rows", [0, 5, 300])  # none (the plain layers then run), one chunk of pooled_conv, several
