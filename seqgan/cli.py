@@ -109,6 +109,10 @@ def begin_run(args, run) -> tuple:
     if run.config.exists():
         raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
     overrides = config_overrides(args)
+    if not 0 <= args.test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be within [0, 1) (got {args.test_fraction})")
+    if not (args.corpus or args.data) and args.num_train < 1:
+        raise ConfigError(f"--num-train must be at least 1 (got {args.num_train})")
     corpus = None
     if args.corpus:
         corpus = load_corpus(args.corpus, args.corpus_kind, vocab_size=overrides.pop("vocab_size", None),
@@ -230,7 +234,10 @@ def cmd_sample(args) -> int:
     data = tokenizer_bytes(bundle)
     tokenizer = tokenizer_from_bytes(data, args.checkpoint) if data else None
     rng = torch.Generator().manual_seed(args.seed)
-    prefix = torch.tensor([int(x) for x in args.prefix.split()]) if args.prefix else None
+    try:
+        prefix = torch.tensor([int(x) for x in args.prefix.split()], dtype=torch.long) if args.prefix else None
+    except ValueError:
+        raise ConfigError(f"--prefix must be token ids separated by spaces (got {args.prefix!r})") from None
     samples = generator.sample(args.num, c["seq_len"], args.temperature, prefix=prefix, generator=rng).tolist()
     if args.midi:
         if tokenizer is None or tokenizer.kind != "music":

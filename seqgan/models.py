@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .kernels import (LinearCrossEntropy, PooledConv, linear, needs_grad, onednn_applies, pooled_windows,
                       rows_per_chunk, window_weight)
 
@@ -34,10 +35,11 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [1, rows, hidden] 
 SAMPLER_BLOCK = 64  # tokens per block of the two-level sampler (measured best of 32..256 at V = 5,000)
 
 
-def _inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """For each row, the first index whose cumulative sum exceeds u * total (u in [0, 1)): an index of
-    positive mass. The value is kept below the total, which u * total can round up to."""
-    total = cdf[:, -1:]
+def inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """For each row of cumulative sums cdf [..., V], the first index whose cumulative sum exceeds u * total
+    (u [..., k] in [0, 1)): an index of positive mass. The value is kept below the total, which u * total can
+    round up to (then searchsorted would give V, or a zero-mass index clamped back into range)."""
+    total = cdf[..., -1:]
     value = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, value, right=True)
 
@@ -60,10 +62,10 @@ def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, generator
     if vocab > full * block:
         block_probs = torch.cat([block_probs, probs[:, full * block:].sum(1, keepdim=True)], dim=1)
     u = torch.rand(rows, 2, device=probs.device, dtype=probs.dtype, generator=generator)
-    chosen = _inverse_cdf(block_probs.cumsum_(1), u[:, :1])
+    chosen = inverse_cdf(block_probs.cumsum_(1), u[:, :1])
     index = chosen * block + torch.arange(block, device=probs.device)  # [rows, block]
     inside = probs.gather(1, index.clamp(max=vocab - 1)).masked_fill_(index >= vocab, 0.0)
-    tokens = chosen * block + _inverse_cdf(inside.cumsum_(1), u[:, 1:])
+    tokens = chosen * block + inverse_cdf(inside.cumsum_(1), u[:, 1:])
     return tokens.view(logits.shape[:-1])
 
 
@@ -151,6 +153,12 @@ class Generator(nn.Module):
     def sample(self, num: int, seq_len: int, temperature: float = 1.0, prefix: torch.Tensor | None = None,
                generator: torch.Generator | None = None, batch_size: int = 4096) -> torch.Tensor:
         """Draw ``num`` sequences of length ``seq_len`` (optionally continuing ``prefix`` [P] or [num, P])."""
+        if num < 0 or seq_len < 1:
+            raise ConfigError(f"cannot draw {num} sequences of length {seq_len}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"temperature must be a positive number (got {temperature})")
+        if prefix is not None and len(prefix) and not (0 <= int(prefix.min()) and int(prefix.max()) < self.vocab_size):
+            raise ConfigError(f"prefix token ids must lie in 0..{self.vocab_size - 1} (got {prefix.tolist()})")
         device = self.output.weight.device
         chunks = []
         for start in range(0, num, batch_size):
@@ -169,7 +177,7 @@ class Generator(nn.Module):
                 token = out[:, t] if t < known else self.draw(hidden, temperature, generator)
                 out[:, t] = token
             chunks.append(out)
-        return torch.cat(chunks)
+        return torch.cat(chunks) if chunks else torch.empty(0, seq_len, dtype=torch.long, device=device)
 
 
 class Highway(nn.Module):

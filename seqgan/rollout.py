@@ -6,9 +6,11 @@ policy (here the current generator, as in effect in the original code) and the c
     Q_t = mean over n of reward(completion_n of Y_1..t)   for t < T
     Q_T = reward(Y_1..T)                                  the sequence itself
 
-``batched_rollout`` does this without a Python loop over prefixes and without re-reading any prefix: one
-teacher-forced pass keeps the LSTM state after every prefix, and then all B*N*(T-1) continuations advance
-together in one loop of at most T-1 steps. Rows are ordered by prefix length, so at step s the continuations
+``batched_rollout`` generates the completions without a Python loop over prefixes and without re-reading any
+prefix: one teacher-forced pass keeps the LSTM state after every prefix, and then all B*N*(T-1) continuations
+advance together in one loop of at most T-1 steps. (Scoring them, ``Discriminator.prob_real_completions`` does
+loop over the T-1 prefix lengths, to compute the convolution windows inside each prefix once for its N
+completions.) Rows are ordered by prefix length, so at step s the continuations
 still running are a leading slice of the batch and finished ones cost nothing.
 
 ``naive_rollout_rewards`` is the original algorithm (a loop over prefixes and roll-outs, each re-reading its
@@ -22,7 +24,7 @@ from typing import Callable
 import torch
 
 from .kernels import bf16_autocast
-from .models import Generator
+from .models import Generator, inverse_cdf
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]  # [M, T] token ids -> [M] rewards
 
@@ -42,8 +44,8 @@ def batched_rollout(generator: Generator, sequences: torch.Tensor, num_rollouts:
     # One cumulative sum per (prefix, sequence) serves its N draws.
     cdf = torch.softmax(logits[:, 1:].transpose(0, 1), dim=-1)  # [P, B, V]
     cdf = torch.cumsum(cdf, dim=-1, out=cdf)
-    u = torch.rand(P, B, N, device=cdf.device, dtype=cdf.dtype, generator=generator_rng) * cdf[..., -1:]
-    first = torch.searchsorted(cdf, u, right=True).clamp_(max=generator.vocab_size - 1)  # [P, B, N]
+    u = torch.rand(P, B, N, device=cdf.device, dtype=cdf.dtype, generator=generator_rng)
+    first = inverse_cdf(cdf, u)  # [P, B, N]
     generated[:, 0] = first.permute(0, 2, 1).reshape(rows)
 
     def expand_state(s):  # [T, B, H] -> [1, P*N*B, H] for prefixes 1..T-1

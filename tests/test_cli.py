@@ -119,6 +119,18 @@ def test_sample_prints_reproducible_sequences_from_the_checkpoint(token_run, cap
 
     status, lines, _ = run_cli(capsys, "sample", "--checkpoint", checkpoint, "-n", 5, "--prefix", "3 1")
     assert status == 0 and len(lines) == 5 and all(line.split()[:2] == ["3", "1"] for line in lines)
+    assert run_cli(capsys, "sample", "--checkpoint", checkpoint, "-n", 0)[:2] == (0, [])
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--temperature", "0"], "temperature"), (["--temperature", "nan"], "temperature"),
+    (["--temperature", "-1"], "temperature"), (["--prefix", "99 1"], "prefix token ids must lie in 0.."),
+    (["--prefix", "3 x"], "--prefix"), (["-n", "-2"], "-2 sequences"),
+])
+def test_sample_with_a_bad_option_prints_an_error_and_exits_2(token_run, capsys, options, message):
+    checkpoint = token_run[0] / "run" / "checkpoints" / "latest.pt"
+    status, _, err = run_cli(capsys, "sample", "--checkpoint", checkpoint, *options)
+    assert_error(status, err, message)
 
 
 def test_sample_refuses_a_damaged_checkpoint(tmp_path, capsys):
@@ -183,6 +195,8 @@ def test_bleu_prints_seqgan_metrics_bleu_last(tmp_path, capsys):
     (["--baseline", "max"], "baseline"),
     (["--d-dropout-keep", "0"], "d_dropout_keep"),
     (["--mle-lr", "nan"], "mle_lr"),
+    (["--num-train", "0"], "--num-train"),
+    (["--test-fraction", "-0.5"], "--test-fraction"),
 ])
 def test_train_with_a_bad_option_prints_an_error_and_exits_2(tmp_path, capsys, restore_sigterm, options, name):
     status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", *options)
