@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     "$PYTHON" -m pip install --quiet "torch==2.13.0"
+elif ! "$PYTHON" -c "import sys, torch; sys.exit(tuple(map(int, torch.__version__.split('.')[:2])) < (2, 1))"; then
+    # pip would replace it (with its newest build, on Linux several GB of CUDA packages): say so instead
+    echo "setup.sh: torch $("$PYTHON" -c 'import torch; print(torch.__version__)') is older than 2.1, which" \
+         "SeqGAN Studio needs: upgrade it (your CUDA build: see pytorch.org) or use a fresh environment" >&2
+    exit 1
 fi
 "$PYTHON" -m pip install --quiet -e ".[test]"
 "$PYTHON" -c "import torch, seqgan; print(f'seqgan {seqgan.__version__} with torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}')"
