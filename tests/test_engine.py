@@ -252,6 +252,33 @@ def test_batched_rollout_completions_follow_the_generator_exactly():
             assert z < Z_MAX, f"prefix length {t} of sequence {b}: completions do not follow G (z = {z:.1f})"
 
 
+def test_naive_reference_completions_follow_the_generator_as_the_batched_ones_do():
+    """The reference (a loop over roll-outs and prefixes, multinomial draws) completes each prefix from G too, so
+    the two rollouts draw the same distribution of completions (the batched one: the test above)."""
+    vocab, T, N = 6, 4, 800
+    G = peaky_generator(vocab, seed=6)
+    sequences = torch.tensor([[0, 1, 2, 3], [5, 5, 0, 1], [2, 4, 4, 0]])
+    B = len(sequences)
+    scored = []
+
+    def recording_reward(tokens):
+        scored.append(tokens.clone())
+        return torch.zeros(len(tokens))
+
+    torch.manual_seed(12)
+    naive_rollout_rewards(G, sequences, N, recording_reward)
+    calls = torch.stack(scored).view(N, T, B, T)  # each roll-out scores prefix lengths 1..T-1, then Y itself
+    assert torch.equal(calls[:, T - 1], sequences.expand(N, B, T))
+    for t in range(1, T):
+        for b in range(B):
+            rows = calls[:, t - 1, b]
+            assert torch.equal(rows[:, :t], sequences[b, :t].expand(N, t))
+            _, probs = exact_continuation_probs(G, sequences[b, :t], T)
+            counts = torch.bincount(encode(rows[:, t:], vocab), minlength=vocab ** (T - t))
+            z = chi_square_z(counts, probs)
+            assert z < Z_MAX, f"prefix length {t} of sequence {b}: the reference's completions (z = {z:.1f})"
+
+
 @torch.no_grad()
 def test_batched_and_naive_rollout_rewards_agree_with_the_exact_expectation():
     vocab, T = 6, 4
