@@ -190,7 +190,7 @@ class PooledConv(torch.autograd.Function):
             grad_windows = _onednn_linear(grad_y, flat_weight.t(), None).view(rows, length, width, emb)
             grad_x = grad_y.new_zeros(ctx.x_shape)
             for k in range(width):  # window offset k covers positions k .. k + length - 1
-                grad_x[:, k:k + length] += grad_windows[:, :, k]
+                grad_x[:, k:k + length].add_(grad_windows[:, :, k])  # not +=, which copies the slice back
         if ctx.needs_input_grad[1]:
             grad_flat = _onednn_linear(grad_y.t(), windows.t(), None)  # [maps, width * E]
             grad_weight = grad_flat.view(maps, width, emb).transpose(1, 2).contiguous()
