@@ -18,7 +18,7 @@ with st.expander("Upload a checkpoint", icon=":material/upload:"):
         with ui.reported(upload.name):
             info = studio.import_checkpoint(upload.name, upload.getvalue())
             st.session_state["imported_upload"] = upload.file_id
-            st.session_state["checkpoint"] = info.id
+            st.session_state["checkpoint"] = st.session_state["checkpoint-choice"] = info.id
             st.success(f"{upload.name}: a {info.kind} checkpoint ({info.role}); kept as {info.path.name}.",
                        icon=":material/check:")
 
@@ -34,9 +34,8 @@ st.dataframe(pd.DataFrame([{
     column_config={"modified": st.column_config.DatetimeColumn("modified (UTC)", format="YYYY-MM-DD HH:mm")})
 
 ids = [c.id for c in items]
-wanted = st.session_state.get("checkpoint")
-chosen = st.selectbox("Checkpoint", ids, index=ids.index(wanted) if wanted in ids else 0)
-st.session_state["checkpoint"] = chosen
+chosen = ui.sticky_select(st, "Checkpoint", ids, key="checkpoint-choice", fallback=st.session_state.get("checkpoint"))
+st.session_state["checkpoint"] = chosen  # kept across pages (a widget's own state is dropped on a page switch)
 info = next(c for c in items if c.id == chosen)
 
 actions = st.container(horizontal=True)

@@ -16,12 +16,13 @@ if not sources:
 
 labels = dict(sources)
 ids = list(labels)
-wanted = st.session_state.pop("compare_source", None) or st.query_params.get("run")
-first_default = wanted if wanted in ids else studio.default_compare_source(sources)
+linked = st.query_params.get("run")
 left, right = st.columns(2)
-first = left.selectbox("Run or checkpoint", ids, index=ids.index(first_default), format_func=labels.get)
-second = right.selectbox("Second run or checkpoint (optional)", [None] + [i for i in ids if i != first],
-                         format_func=lambda i: "(none)" if i is None else labels[i])
+first = ui.sticky_select(left, "Run or checkpoint", ids, key="compare-first", format_func=labels.get,
+                         sent=st.session_state.pop("compare_source", None),
+                         fallback=linked if linked in ids else studio.default_compare_source(sources))
+second = ui.sticky_select(right, "Second run or checkpoint (optional)", [""] + [i for i in ids if i != first],
+                          key="compare-second", format_func=lambda i: labels[i] if i else "(none)")
 st.query_params["run"] = first
 
 refs, models = [], []

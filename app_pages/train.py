@@ -57,7 +57,7 @@ with st.expander("Start a new run", expanded=not runs):
                 options[name] = studio.parse_int_list(options[name], name)
             run_id = studio.start_training(corpus_id, preset, options, threads=int(threads), device=device,
                                            tokenizer_model=None if tokenizer_model == "auto" else tokenizer_model)
-            st.session_state["train_run"] = run_id
+            st.session_state["train_run"] = st.session_state["watch-run"] = run_id
             st.query_params["run"] = run_id
             st.success(f"Started run {run_id}.", icon=":material/check:")
 
@@ -90,8 +90,8 @@ runs_table()
 ids = [info.id for info in runs]
 wanted = st.query_params.get("run") or st.session_state.get("train_run")
 active = [info.id for info in runs if info.state.active]
-default = wanted if wanted in ids else (active[0] if active else ids[0])
-run_id = st.selectbox("Watch run", ids, index=ids.index(default))
+run_id = ui.sticky_select(st, "Watch run", ids, key="watch-run",
+                          fallback=wanted if wanted in ids else (active[0] if active else ids[0]))
 st.query_params["run"] = run_id
 st.session_state["train_run"] = run_id
 selected = studio.get_run(run_id)

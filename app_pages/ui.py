@@ -69,3 +69,17 @@ def reported(what: str = ""):
         yield
     except Exception as exc:  # noqa: BLE001  (a page must not crash on bad input)
         show_error(exc, what)
+
+
+def sticky_select(container, label: str, options: list, *, key: str, sent=None, fallback=None, **kwargs):
+    """A selectbox whose every pick takes effect and stays until the user changes it.
+
+    Its state lives under ``key`` and no ``index`` is passed: a selectbox whose ``index`` changes from one rerun
+    to the next is a new widget to Streamlit, which then drops the user's pick. ``sent``: a choice made elsewhere
+    (an upload, a button on another page), taken when it is one of the options. ``fallback``: the choice when
+    the widget has none among the options (first visit, back from another page, its pick deleted)."""
+    if sent in options:
+        st.session_state[key] = sent
+    elif st.session_state.get(key) not in options:
+        st.session_state[key] = fallback if fallback in options else options[0]
+    return container.selectbox(label, options, key=key, **kwargs)

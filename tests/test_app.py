@@ -364,6 +364,31 @@ def test_demo_checkpoints_are_read_only(runs_dir):
         studio.delete_checkpoint(at.selectbox[0].value)
 
 
+def test_every_pick_in_the_page_selectors_takes_effect(runs_dir, demo_runs):
+    """A selectbox whose ``index`` follows the last pick drops every second pick (Streamlit sees a new widget)."""
+    users = [user_run(runs_dir, demo_runs, "poems"), user_run(runs_dir, demo_runs, "melodies")]
+
+    def picks_hold(at, label, choices, also=lambda at, choice: None):
+        for choice in choices:
+            box = next(b for b in at.selectbox if b.label == label)
+            box.set_value(choice).run()
+            assert next(b for b in at.selectbox if b.label == label).value == choice, (label, choice)
+            also(at, choice)
+
+    at = open_page("checkpoints")
+    ids = at.selectbox[0].options
+    assert len(ids) >= 4
+
+    def downloads(at, choice):
+        assert at.get("download_button")[0].label == f"Download {studio.download_name(studio.get_checkpoint(choice))}"
+
+    picks_hold(at, "Checkpoint", [ids[1], ids[2], ids[3], ids[0], ids[2]], downloads)
+    at = open_page("compare")
+    picks_hold(at, "Run or checkpoint", [users[0], "demo:poems", users[1], "demo:melodies", users[0]])
+    at = open_page("train")
+    picks_hold(at, "Watch run", [users[1], users[0], users[1], users[0]])
+
+
 # ----- jobs and runs without the pages --------------------------------------------------------------------------
 def test_a_run_whose_process_died_is_interrupted_and_resumable(runs_dir, demo_runs):
     run_id = user_run(runs_dir, demo_runs)
