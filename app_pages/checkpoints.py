@@ -58,8 +58,9 @@ pending = st.session_state.get("confirm_delete")
 if pending:
     what, target = pending
     with st.container(border=True):
-        st.warning(f"Delete {'the run' if what == 'run' else 'the checkpoint'} **{target}**? This cannot be undone.",
-                   icon=":material/warning:")
+        loses = "" if what == "run" else studio.deletion_loses(target)
+        st.warning(f"Delete {'the run' if what == 'run' else 'the checkpoint'} **{target}**? {loses} "
+                   "This cannot be undone.", icon=":material/warning:")
         yes, no = st.columns(2)
         if yes.button("Yes, delete", type="primary", key="confirm-yes"):
             st.session_state.pop("confirm_delete")

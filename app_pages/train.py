@@ -140,7 +140,10 @@ def monitor(run_id: str, was_active: bool) -> None:
                 studio.stop_training(info.id, force=True)
                 st.rerun(scope="fragment")
     if info.resumable:
-        if buttons.button("Resume", icon=":material/play_arrow:", key="resume", type="primary"):
+        again = "latest" not in info.checkpoints()
+        if buttons.button("Start again" if again else "Resume", icon=":material/play_arrow:", key="resume",
+                          type="primary", help="no latest.pt: the run starts again from the beginning" if again
+                          else "continues from latest.pt, exactly where the run stopped"):
             with ui.reported("resume"):
                 studio.resume_training(info.id)
                 st.rerun()

@@ -203,6 +203,9 @@ def cmd_train(args) -> int:
             trainer.restore(load_bundle(latest))
             if dist.is_main:
                 print(f"resuming at unit {trainer.unit} of {len(trainer.schedule)}", flush=True)
+        elif dist.is_main:  # stopped before its first checkpoint, or latest.pt deleted: nothing to continue from
+            run.truncate_events(-1)  # the earlier attempts' events go, or the curves would hold them twice
+            print(f"{latest} does not exist: the run starts again from the beginning", flush=True)
     try:
         with stop_after_the_unit_on_signals():  # SIGTERM (the app's Stop) or Ctrl-C: finish the unit, save, stop
             state = trainer.run()

@@ -100,7 +100,7 @@ class RunDir:
         return out
 
     def truncate_events(self, unit: int) -> None:
-        """On resume, drop events of units after the checkpoint so the stream has no duplicates."""
+        """On resume, drop events of units after the checkpoint so the stream has no duplicates (-1: all)."""
         kept = [e for e in self.events() if e.get("unit", -1) < unit]
         atomic_write_bytes(self.metrics, "".join(json.dumps(e) + "\n" for e in kept).encode())
 

@@ -918,6 +918,14 @@ def download_name(info: CheckpointInfo) -> str:
     return f"{_slug(info.run_id.replace(':', '-'))}-{info.role}.pt"
 
 
+def deletion_loses(checkpoint_id: str) -> str:
+    """What deleting this checkpoint takes with it beyond the file, as a sentence ('' when nothing)."""
+    info = get_checkpoint(checkpoint_id)
+    if info.role == "latest" and info.run_id is not None and get_run(info.run_id).resumable:
+        return "The run cannot resume without it: Resume would start it again from the beginning."
+    return ""
+
+
 def delete_checkpoint(checkpoint_id: str) -> None:
     info = get_checkpoint(checkpoint_id)
     if info.builtin:

@@ -198,6 +198,21 @@ def test_train_page_starts_stops_and_resumes_a_real_job(runs_dir):
     studio.stop_training(run_id)
     assert wait_for(run_id, ("stopped",)) == "stopped"
 
+    # without latest.pt the run can only start again: the deletion says so, and so does the button
+    at = open_page("checkpoints")
+    at.selectbox[0].set_value(f"{run_id}/latest").run()
+    next(b for b in at.button if b.label == "Delete checkpoint…").click().run()
+    assert "cannot resume without it" in at.warning[0].value
+    next(b for b in at.button if b.label == "Yes, delete").click().run()
+    at = open_page("train", run=run_id)
+    assert not any(b.label == "Resume" for b in at.button)
+    next(b for b in at.button if b.label == "Start again").click().run()
+    assert wait_for(run_id, ("running",)) == "running"
+    studio.stop_training(run_id)
+    assert wait_for(run_id, ("stopped",)) == "stopped"
+    units = [e["unit"] for e in stopped.events()]
+    assert units == list(range(-1, len(units) - 1))  # the earlier attempts' events are gone
+
 
 def test_train_page_follows_a_smoke_run_to_the_end(runs_dir):
     choice = studio.save_corpus_files([("tunes.abc", abc_tunes(8))])

@@ -316,6 +316,21 @@ def test_ctrl_c_finishes_the_unit_and_resume_ends_with_the_weights_of_an_uninter
     assert without_times(RunDir(stopped).events()) == without_times(RunDir(tmp_path / "whole").events())
 
 
+def test_resume_without_latest_starts_again_and_keeps_one_copy_of_each_event(tmp_path, capsys, restore_sigterm):
+    """latest.pt deleted (or never written): --resume says so and trains from the beginning, and the earlier
+    attempt's events go (else every curve would hold them twice)."""
+    run = tmp_path / "run"
+    tiny = [*TINY[:TINY.index("--adv-iters")], "--adv-iters", "2", *TINY[TINY.index("--adv-iters") + 2:]]
+    status, _, err = run_cli(capsys, "train", "--run-dir", run, *tiny)
+    assert status == 0, err
+    (run / "checkpoints" / "latest.pt").unlink()
+    status, lines, err = run_cli(capsys, "train", "--run-dir", run, "--resume")
+    assert status == 0, err
+    assert f"{run / 'checkpoints' / 'latest.pt'} does not exist: the run starts again from the beginning" in lines
+    assert [e["unit"] for e in RunDir(run).events()] == list(range(-1, 3 + 2 + 2))
+    assert (run / "checkpoints" / "latest.pt").exists() and RunDir(run).read_status()["state"] == "finished"
+
+
 # A tiny Table 1 run (the oracle keeps the paper's 5,000 tokens; length 6): 1 MLE epoch, 1 D round, 30 iterations.
 TINY_ORACLE = ["--models", "Random", "MLE", "SeqGAN", "--preset", "demo", "--seeds", "1", "--seq-len", "6",
                "--g-emb-dim", "8", "--g-hidden-dim", "8", "--mle-epochs", "1", "--d-pretrain-rounds", "1",
