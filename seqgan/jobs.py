@@ -176,13 +176,21 @@ def job_state(run: RunDir) -> JobState:
     return made(recorded)
 
 
+def _latest_attempt_output(run: RunDir, lines: int) -> list[str]:
+    """The non-blank lines among the last ``lines`` of output.txt written by the latest process (``start`` heads
+    each attempt's output with a "--- " line)."""
+    tail = run.tail(run.output, lines)
+    starts = [i for i, line in enumerate(tail) if line.startswith("--- ")]
+    return [line for line in tail[starts[-1] + 1 if starts else 0:] if line.strip()]
+
+
 def _last_output_line(run: RunDir) -> str:
-    lines = [line for line in run.tail(run.output, 5) if line.strip() and not line.startswith("--- ")]
+    lines = _latest_attempt_output(run, 5)
     return lines[-1] if lines else ""
 
 
 def _error_from_output(run: RunDir) -> str:
-    lines = [line for line in run.tail(run.output, 40) if line.strip() and not line.startswith("--- ")]
+    lines = _latest_attempt_output(run, 40)
     errors = [line for line in lines if line.startswith("error:")]
     if errors:
         return errors[-1][len("error:"):].strip()

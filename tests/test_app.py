@@ -415,6 +415,20 @@ def test_a_run_whose_process_died_is_interrupted_and_resumable(runs_dir, demo_ru
     assert studio.get_run(run_id).state.resumable
 
 
+def test_a_job_reports_only_its_own_attempts_output(tmp_path):
+    """output.txt holds every attempt, each headed by a "--- " line: a new attempt that failed silently must not
+    be reported with the previous attempt's error."""
+    run = RunDir(tmp_path / "run").create()
+    run.write_json(run.status, {"state": "failed", "updated": 1.0, "pid": 1})
+    run.write_json(run.job, {"pid": 2 ** 22 + 7, "started": 2.0, "command": []})  # no such process
+    run.output.write_text("--- 1 seqgan train\nerror: the old problem\n--- 2 seqgan train --resume\n")
+    state = jobs.job_state(run)
+    assert state.state == "failed" and state.message == "the process ended before writing anything"
+    with open(run.output, "a") as f:
+        f.write("error: the new problem\n")
+    assert jobs.job_state(run).message == "the new problem"
+
+
 def test_progress_estimates_the_time_left_from_measured_units(runs_dir, demo_runs):
     run_id = user_run(runs_dir, demo_runs, "poems")
     run = RunDir(runs_dir / run_id)
