@@ -110,13 +110,7 @@ def monitor(run_id: str, was_active: bool) -> None:
     progress = studio.run_progress(info)
     st.markdown(f"**{info.id}** · {info.corpus} · "
                 f"state **{state.state}**" + (f" on {', '.join(state.slots)}" if state.slots else ""))
-    eta = studio.format_seconds(progress.eta_seconds)
-    phase = studio.PHASE_LABELS.get(progress.phase, progress.phase)
-    text = (f"{phase}: {progress.step}/{progress.phase_total} · unit {progress.unit} of {progress.units} · "
-            f"time left {eta}" + (f" ({progress.eta_note})" if progress.eta_note else "")
-            if progress.phase != "done" else f"done: {progress.units} units in "
-                                             f"{studio.format_seconds(progress.elapsed)}")
-    st.progress(progress.fraction, text=text)
+    st.progress(progress.fraction, text=studio.progress_line(progress))
     if state.state == "preparing":
         st.info(f"Preparing: {state.message}", icon=":material/hourglass_top:")
     elif state.state == "stopping":

@@ -503,8 +503,13 @@ def run_progress(info: RunInfo) -> RunProgress:
     done = max([e["unit"] + 1 for e in events if e.get("unit", -1) >= 0], default=0)
     if info.state.state == "finished":
         done = units
-    phase, step, phase_total = ("done", 0, 0) if done >= units else (schedule[done][0], schedule[done][1], 0)
-    if phase != "done":
+    if not units:  # the job has not written its configuration yet
+        phase, step, phase_total = "starting", 0, 0
+    elif done >= units:
+        phase, step, phase_total = "done", 0, 0
+    else:
+        phase, step, phase_total = schedule[done][0], schedule[done][1], 0
+    if phase not in ("done", "starting"):
         phase_total = sum(1 for p, _ in schedule if p == phase)
     seconds: dict[str, list[float]] = {}
     for e in events:
@@ -522,6 +527,17 @@ def run_progress(info: RunInfo) -> RunProgress:
     note = "not counting " + " and ".join(PHASE_LABELS[p] for p in untimed) + " (not timed yet)" if untimed else ""
     elapsed = sum(sum(v) for v in seconds.values())
     return RunProgress(done / units if units else 0.0, done, units, phase, step, phase_total, elapsed, eta, note)
+
+
+def progress_line(progress: RunProgress) -> str:
+    """The progress bar's text: the phase, the step in it, the unit of the schedule and the time left."""
+    if progress.phase == "starting":
+        return "starting: reading the data and setting up the schedule"
+    if progress.phase == "done":
+        return f"done: {progress.units} units in {format_seconds(progress.elapsed)}"
+    return (f"{PHASE_LABELS.get(progress.phase, progress.phase)}: {progress.step}/{progress.phase_total} · "
+            f"unit {progress.unit} of {progress.units} · time left {format_seconds(progress.eta_seconds)}"
+            + (f" ({progress.eta_note})" if progress.eta_note else ""))
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -441,6 +441,15 @@ def test_progress_estimates_the_time_left_from_measured_units(runs_dir, demo_run
     assert (progress.unit, progress.units, progress.phase) == (1, 5, "mle")
     assert progress.eta_seconds == pytest.approx(mle_seconds)  # one MLE epoch left; the rest not timed yet
     assert "discriminator" in progress.eta_note and "adversarial" in progress.eta_note
+    assert studio.progress_line(progress).startswith("MLE pre-training of the generator: 1/2 · unit 1 of 5")
+
+
+def test_a_run_that_has_not_written_its_configuration_is_starting_not_done(runs_dir):
+    run = RunDir(runs_dir / "new").create()
+    run.write_json(run.job, {"pid": 2 ** 22 + 7, "started": 1.0, "command": []})
+    progress = studio.run_progress(studio.get_run("new"))
+    assert progress.phase == "starting" and progress.fraction == 0.0
+    assert studio.progress_line(progress).startswith("starting:")
 
 
 def test_a_run_started_in_a_terminal_is_seen_and_stopped_by_the_app(runs_dir, tmp_path):
