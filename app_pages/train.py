@@ -25,7 +25,8 @@ with st.expander("Start a new run", expanded=not runs):
                       horizontal=True)
     st.caption(studio.PRESETS[preset].description)
     left, middle, right = st.columns(3)
-    threads = left.number_input("CPU threads", min_value=1, max_value=64, value=studio.default_threads(),
+    threads = left.number_input("CPU threads", min_value=1, max_value=studio.max_threads(),
+                                value=studio.default_threads(),
                                 help="torch threads of the job (SEQGAN_THREADS). On a small machine 1 is often "
                                      "fastest: threads that wait for a busy core slow everything down.")
     device = middle.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: a free GPU when there is one")

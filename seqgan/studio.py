@@ -48,9 +48,14 @@ def configure_torch() -> int:
     return threads
 
 
+def max_threads() -> int:
+    """The most torch threads a job may have: twice the cores (more only make them wait for each other)."""
+    return (os.cpu_count() or 1) * 2
+
+
 def default_threads() -> int:
     try:
-        return max(1, int(os.environ.get("SEQGAN_THREADS", "1")))
+        return min(max_threads(), max(1, int(os.environ.get("SEQGAN_THREADS", "1"))))
     except ValueError:
         return 1
 
@@ -309,7 +314,8 @@ def parse_int_list(text: str, name: str) -> list[int]:
 
 def training_args(choice: CorpusChoice, options: dict, *, tokenizer_model: str | None = None) -> list[str]:
     """``seqgan train`` arguments for a corpus and option values (None = decided by the corpus)."""
-    from .train import TrainConfig
+    from .text import MIN_VOCAB_SIZE
+    from .train import UPPER_LIMITS, TrainConfig
 
     args = ["--corpus", choice.source] if choice.kind != "oracle" else []
     if choice.kind == "text" and tokenizer_model:
@@ -326,8 +332,10 @@ def training_args(choice: CorpusChoice, options: dict, *, tokenizer_model: str |
         args += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     probe = {k: v for k, v in options.items() if v is not None and v != []}
     if choice.kind != "oracle":  # the corpus decides these; check the rest now rather than in the job
-        probe.pop("vocab_size", None)
-        probe.setdefault("seq_len", 4096)
+        vocab_size = probe.pop("vocab_size", None)
+        if choice.kind == "text" and vocab_size is not None and vocab_size < MIN_VOCAB_SIZE:
+            raise ConfigError(f"vocab_size must be at least {MIN_VOCAB_SIZE} for a text corpus (got {vocab_size})")
+        probe.setdefault("seq_len", UPPER_LIMITS["seq_len"])
         probe["start_token"] = 0
     TrainConfig(**probe).validate()
     return args
@@ -348,8 +356,8 @@ def start_training(choice_id: str, preset: str, options: dict, *, threads: int =
     choice = corpus_choice(choice_id)
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}")
-    if not 1 <= int(threads) <= (os.cpu_count() or 1) * 2:
-        raise ConfigError(f"threads must be within 1..{(os.cpu_count() or 1) * 2} (got {threads})")
+    if not 1 <= int(threads) <= max_threads():
+        raise ConfigError(f"threads must be within 1..{max_threads()} (got {threads})")
     args = training_args(choice, options, tokenizer_model=tokenizer_model)
     name = choice.id.split(":", 1)[-1]
     run_id = new_run_id(f"{_slug(name, 30)}-{preset}")

@@ -35,6 +35,7 @@ MIN_LINES = 2
 MODEL_TYPES = ("unigram", "bpe", "char")
 DEFAULT_VOCAB_SIZE = 8000  # for unigram and bpe; the char model defaults to every character
 SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}
+MIN_VOCAB_SIZE = len(SPECIAL_IDS) + 1  # the special pieces and at least one of the text's own
 
 # A corpus is "space-separated characters" when at least this share of its tokens is one character.
 SPACED_CHARS_SHARE = 0.99
@@ -165,10 +166,9 @@ class TextTokenizer:
             model_type = "char" if spaced else "unigram"
         if model_type not in MODEL_TYPES:
             raise ConfigError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
-        minimum = len(SPECIAL_IDS) + 1
         if vocab_size is not None and (not isinstance(vocab_size, int) or isinstance(vocab_size, bool)
-                                       or vocab_size < minimum):
-            raise ConfigError(f"vocab_size must be an integer of at least {minimum}, got {vocab_size!r}")
+                                       or vocab_size < MIN_VOCAB_SIZE):
+            raise ConfigError(f"vocab_size must be an integer of at least {MIN_VOCAB_SIZE}, got {vocab_size!r}")
 
         texts = [_join_characters(line) for line in lines] if spaced else lines
         texts = [text for text in texts if text]

@@ -66,6 +66,12 @@ PRECISIONS = ("fp32", "bf16")
 ADAM_EPSILONS = ("tf1", "torch")
 MLE_ORDERS = ("fixed", "reshuffle")
 ADAM_EPSILON = 1e-8  # Adam's epsilon in the original (TensorFlow's default) and in torch
+# Sizes far beyond any real use (the paper's are 64, 16, 10,000, 5,000, 20, 32 and 64): a value above one is a
+# typo that would otherwise run out of memory or hang in its first unit.
+UPPER_LIMITS = {"batch_size": 1 << 16, "d_batch_size": 1 << 16, "rollouts": 1024, "num_negatives": 10_000_000,
+                "eval_samples": 1_000_000, "vocab_size": 1_000_000, "seq_len": 4096, "g_emb_dim": 1 << 14,
+                "g_hidden_dim": 1 << 14, "d_emb_dim": 1 << 14}
+
 CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS,
            "d_precision": PRECISIONS, "adam_epsilon": ADAM_EPSILONS, "mle_order": MLE_ORDERS}
 # What each TrainConfig field means, for the command line's --help and the app's option boxes.
@@ -197,6 +203,8 @@ class TrainConfig:
                     "num_negatives", "rollouts", "eval_every", "eval_samples", "bleu_n"]
         for name in positive:
             need(getattr(self, name) >= 1, f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name, most in UPPER_LIMITS.items():  # far beyond any use: a typo, not a wish, that would hang the job
+            need(getattr(self, name) <= most, f"{name} must be at most {most:,} (got {getattr(self, name):,})")
         counts = ["mle_epochs", "d_pretrain_rounds", "d_epochs", "adv_iters", "g_steps", "d_steps"]
         for name in counts:
             need(getattr(self, name) >= 0, f"{name} must not be negative (got {getattr(self, name)})")
@@ -211,13 +219,13 @@ class TrainConfig:
         need(0.0 < self.d_dropout_keep <= 1.0, f"d_dropout_keep must be within (0, 1] (got {self.d_dropout_keep})")
         need(self.d_l2 >= 0, f"d_l2 must not be negative (got {self.d_l2})")
         need(len(self.d_filter_sizes) > 0, "d_filter_sizes: the discriminator needs at least one filter width")
-        need(len(self.d_filter_sizes) == len(self.d_num_filters),
-             f"d_filter_sizes has {len(self.d_filter_sizes)} widths but d_num_filters has "
-             f"{len(self.d_num_filters)} counts")
         need(all(1 <= w <= self.seq_len for w in self.d_filter_sizes),
              f"d_filter_sizes: every width must be within 1..seq_len={self.seq_len} (got {self.d_filter_sizes})")
         need(all(n >= 1 for n in self.d_num_filters),
              f"d_num_filters: every count must be at least 1 (got {self.d_num_filters})")
+        need(len(self.d_filter_sizes) == len(self.d_num_filters),
+             f"d_num_filters needs one count per width of d_filter_sizes (widths {self.d_filter_sizes}, "
+             f"counts {self.d_num_filters})")
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             need(value in allowed, f"{name} must be one of {', '.join(allowed)} (got {value!r})")

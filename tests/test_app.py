@@ -259,9 +259,21 @@ def test_a_bad_option_is_refused_before_anything_starts(runs_dir):
     at = open_page("train")
     at.selectbox[0].set_value(choice.id)
     at.run()
-    at.text_input(key="opt-quick-text-d_num_filters").set_value("10 10")
+    counts = at.text_input(key="opt-quick-text-d_num_filters")
+    saved = counts.value
+    counts.set_value("10 10")
     next(b for b in at.button if b.label == "Start training").click().run()
-    assert "d_filter_sizes has 10 widths but d_num_filters has 2 counts" in at.error[0].value
+    assert "d_num_filters needs one count per width of d_filter_sizes" in at.error[0].value
+    at.text_input(key="opt-quick-text-d_num_filters").set_value(saved)
+    for name, value, problem in [("vocab_size", 0, "vocab_size must be at least 5 for a text corpus"),
+                                 ("seq_len", 5000, "seq_len must be at most 4,096"),
+                                 ("batch_size", 10 ** 8, "batch_size must be at most 65,536")]:
+        box = at.number_input(key=f"opt-quick-text-{name}")
+        saved = box.value
+        box.set_value(value)
+        next(b for b in at.button if b.label == "Start training").click().run()
+        assert problem in at.error[0].value, (name, at.error[0].value)
+        at.number_input(key=f"opt-quick-text-{name}").set_value(saved)
     assert not studio.list_runs(include_demos=False)
 
 
