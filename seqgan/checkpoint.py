@@ -32,6 +32,7 @@ from .errors import InputError
 FORMAT = "seqgan-studio/2"
 EARLIER_FORMATS = ("seqgan-studio/1",)
 REQUIRED_KEYS = ("format", "kind", "config", "generator")
+ROLES = ("mle", "seqgan", "latest")  # the generator after MLE, after adversarial training; the whole state
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -76,13 +77,22 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
     try:
         bundle = torch.load(stream, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(name, f"not a SeqGAN Studio checkpoint or the file is damaged ({first_line[:200]})") from None
+        if "unsupported global" in str(exc).lower():  # torch's words for a pickled object it will not build
+            raise InputError(name, "not a SeqGAN Studio checkpoint: the file holds Python objects besides tensors "
+                                   "and plain data, which are never loaded (they could run code)") from None
+        raise InputError(name, "not a SeqGAN Studio checkpoint or the file is damaged (torch cannot read it: "
+                               f"{type(exc).__name__})") from None
     if not isinstance(bundle, dict) or bundle.get("format") not in (FORMAT, *EARLIER_FORMATS):
         raise InputError(name, f"not a SeqGAN Studio checkpoint (expected format {FORMAT!r})")
     missing = [k for k in REQUIRED_KEYS if k not in bundle]
     if missing:
         raise InputError(name, f"checkpoint is missing {', '.join(missing)}")
+    if bundle.get("role", "latest") not in ROLES:
+        raise InputError(name, f"unknown checkpoint role {str(bundle.get('role'))[:40]!r} (expected one of "
+                               f"{', '.join(ROLES)})")
+    position = bundle.get("position", {})
+    if not (isinstance(position, dict) and all(isinstance(position.get(k, 0), int) for k in ("unit", "total"))):
+        raise InputError(name, "the checkpoint's position in the schedule is not what SeqGAN Studio writes")
     return upgraded(bundle, name)
 
 
@@ -120,11 +130,36 @@ def slim_bundle(bundle: dict) -> dict:
     return {key: value for key, value in bundle.items() if key not in dropped}
 
 
-def generator_from_bundle(bundle: dict):
-    """The bundle's generator, built from its config and loaded with its weights, in eval mode (on the CPU)."""
+def generator_from_bundle(bundle: dict, name: str = "checkpoint"):
+    """The bundle's generator, built from its config and loaded with its weights, in eval mode (on the CPU).
+
+    Checked before anything is built, as an upload may have been edited: the configuration's sizes against the
+    weights' shapes (else a tampered vocabulary size would allocate whatever it says), the start token inside
+    the vocabulary, and every weight finite. Any problem is an ``InputError`` naming ``name``."""
     from .models import Generator
 
-    c = bundle["config"]
-    generator = Generator(int(c["vocab_size"]), int(c["g_emb_dim"]), int(c["g_hidden_dim"]), int(c["start_token"]))
-    generator.load_state_dict(bundle["generator"])
+    weights, c = bundle.get("generator"), bundle.get("config")
+    if not (isinstance(weights, dict) and isinstance(c, dict)
+            and all(isinstance(t, torch.Tensor) for t in weights.values())):
+        raise InputError(name, "the generator or the configuration is not what SeqGAN Studio writes")
+    try:
+        vocab, emb, hidden, start = (int(c[k]) for k in ("vocab_size", "g_emb_dim", "g_hidden_dim", "start_token"))
+    except (KeyError, TypeError, ValueError):
+        raise InputError(name, "the configuration lacks the generator's sizes") from None
+    for key, shape in (("embedding.weight", (vocab, emb)), ("output.weight", (vocab, hidden))):
+        found = tuple(weights[key].shape) if key in weights else None
+        if found != shape:
+            raise InputError(name, f"the generator's {key} is {'missing' if found is None else list(found)}, "
+                                   f"but the configuration says {list(shape)}")
+    if not 0 <= start < vocab:
+        raise InputError(name, f"start_token {start} is outside the vocabulary 0..{vocab - 1}")
+    broken = [key for key, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise InputError(name, f"the generator's {', '.join(broken)} hold numbers that are not finite (nan or inf)")
+    generator = Generator(vocab, emb, hidden, start)
+    try:
+        generator.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise InputError(name, f"the generator's weights do not fit its configuration ({first})") from None
     return generator.eval()

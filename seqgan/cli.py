@@ -233,7 +233,7 @@ def cmd_sample(args) -> int:
 
     bundle = load_bundle(args.checkpoint)
     c = bundle["config"]
-    generator = generator_from_bundle(bundle)
+    generator = generator_from_bundle(bundle, args.checkpoint)
     data = tokenizer_bytes(bundle)
     tokenizer = tokenizer_from_bytes(data, args.checkpoint) if data else None
     rng = torch.Generator().manual_seed(args.seed)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from . import jobs
-from .checkpoint import atomic_write_bytes, load_bundle, tokenizer_bytes
+from .checkpoint import ROLES, atomic_write_bytes, load_bundle, tokenizer_bytes
 from .errors import ConfigError, InputError, SeqGANError
 from .runs import RunDir
 from .train import OPTION_HELP as TRAIN_OPTION_HELP, paper_discriminator
@@ -37,7 +37,6 @@ from .train import OPTION_HELP as TRAIN_OPTION_HELP, paper_discriminator
 DEMO_ENV = "SEQGAN_DEMO_DIR"
 DEMO_ROOT = Path(__file__).resolve().parent.parent / "data" / "demo"
 MAX_CHECKPOINT_BYTES = 200 * 1024 * 1024
-ROLES = ("mle", "seqgan", "latest")
 ROLE_LABELS = {"mle": "MLE", "seqgan": "SeqGAN", "latest": "latest"}
 
 
@@ -672,13 +671,12 @@ def model_from_bundle(bundle: dict, name: str, path: Path | None = None) -> Mode
     from .checkpoint import generator_from_bundle
     from .corpus import tokenizer_from_bytes
 
+    generator = generator_from_bundle(bundle, name)
     c = bundle["config"]
     try:
-        generator = generator_from_bundle(bundle)
         seq_len = int(c["seq_len"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InputError(name, f"the generator does not match the checkpoint's configuration ({first})") from None
+    except (KeyError, TypeError, ValueError):
+        raise InputError(name, "the checkpoint's configuration has no usable seq_len") from None
     if not 1 <= seq_len <= 4096:
         raise InputError(name, f"the checkpoint's seq_len {seq_len} is out of range")
     data = tokenizer_bytes(bundle)
