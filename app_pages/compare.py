@@ -52,7 +52,7 @@ with ui.reported("metrics"):
         ui.metric_table(table)
         st.caption("; ".join(f"{ref.label}: {ref.measured}" for ref in refs if ref.measured))
     else:
-        st.info("No training metrics for these models (uploaded checkpoints carry none).")
+        st.info("No training metrics for these models: " + "; ".join(f"{ref.label}: {ref.missing}" for ref in refs))
 with ui.reported("diversity"):
     st.markdown("**Diversity of 200 fresh samples at this temperature and seed**")
     ui.metric_table(studio.diversity_table({m.label: studio.sample_diversity(m, temperature, seed) for m in models}))

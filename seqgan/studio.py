@@ -32,7 +32,7 @@ from . import jobs
 from .checkpoint import ROLES, atomic_write_bytes, load_bundle, tokenizer_bytes
 from .errors import ConfigError, InputError, SeqGANError
 from .runs import RunDir
-from .train import OPTION_HELP as TRAIN_OPTION_HELP, paper_discriminator
+from .train import OPTION_HELP as TRAIN_OPTION_HELP, TrainConfig, paper_discriminator
 
 DEMO_ENV = "SEQGAN_DEMO_DIR"
 DEMO_ROOT = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -188,8 +188,17 @@ def inspect_corpus(source, *, vocab_size: int | None = None, model_type: str | N
     used = [i for i, c in enumerate(counts) if c]
     histogram = {i: int(counts[i]) for i in range(used[0], used[-1] + 1)} if used else {}
     picked = corpus.train[: max(0, examples)].tolist()
+    notes = list(corpus.notes)
+    unit = "tunes" if corpus.kind == "music" else "lines"
+    if not len(corpus.heldout):
+        notes.append(f"Nothing is held out: with so few {unit}, training will measure no NLL-test, BLEU or "
+                     f"diversity. More {unit} give a held-out share.")
+    batch = TrainConfig().batch_size
+    if len(corpus.train) < batch:
+        notes.append(f"Only {len(corpus.train):,} training sequences, fewer than one batch of {batch}: the "
+                     f"generator will learn little from them.")
     view = CorpusView(corpus.name, corpus.kind, len(corpus.train), len(corpus.heldout), corpus.seq_len,
-                      corpus.vocab_size, description, list(corpus.notes),
+                      corpus.vocab_size, description, notes,
                       [(p.source, p.problem) for p in corpus.problems], label, histogram,
                       [corpus.decode(row) for row in picked])
     if save_files:
@@ -283,7 +292,7 @@ class OptionSpec:
 
 def option_specs(preset: str, kind: str) -> list[OptionSpec]:
     """The advanced options with the preset's values as defaults, for a corpus of ``kind``."""
-    from .train import CHOICES, TrainConfig
+    from .train import CHOICES
 
     p = PRESETS[preset]
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -314,7 +323,7 @@ def parse_int_list(text: str, name: str) -> list[int]:
 def training_args(choice: CorpusChoice, options: dict, *, tokenizer_model: str | None = None) -> list[str]:
     """``seqgan train`` arguments for a corpus and option values (None = decided by the corpus)."""
     from .text import MIN_VOCAB_SIZE
-    from .train import UPPER_LIMITS, TrainConfig
+    from .train import UPPER_LIMITS
 
     args = ["--corpus", choice.source] if choice.kind != "oracle" else []
     if choice.kind == "text" and tokenizer_model:
@@ -499,8 +508,6 @@ PHASE_LABELS = {"init": "evaluating the untrained generator", "mle": "MLE pre-tr
 
 def run_progress(info: RunInfo) -> RunProgress:
     """Where the run is in its schedule, and an estimate of the time left from the units' measured times."""
-    from .train import TrainConfig
-
     events = info.run.events()
     try:
         schedule = TrainConfig.from_dict(info.config).units() if info.config else []
@@ -779,6 +786,7 @@ class ModelRef:
     path: Path
     metrics: dict        # measured during training (held-out set), {} when unknown
     measured: str        # when they were measured, e.g. "after MLE epoch 10"
+    missing: str = ""    # why there are none, when there are none
 
 
 def compare_sources() -> list[tuple[str, str]]:
@@ -803,7 +811,7 @@ def models_of(source_id: str) -> list[ModelRef]:
     if source_id.startswith("upload:"):
         info = _uploaded(source_id)
         return [ModelRef(f"{ROLE_LABELS.get(info.role, info.role)} (uploaded {info.path.name})", info.path, {},
-                         "")]
+                         "", "an uploaded checkpoint carries no training metrics")]
     info = get_run(source_id)
     found = info.checkpoints()
     roles = [r for r in ("mle", "seqgan") if r in found] or [r for r in ("latest",) if r in found]
@@ -811,10 +819,14 @@ def models_of(source_id: str) -> list[ModelRef]:
         raise InputError(source_id, "this run has no checkpoint yet")
     events = info.run.events()
     name = "demo " + source_id.split(":", 1)[1] if info.builtin else source_id
+    heldout = info.run.path / "heldout.txt"
+    missing = ("its corpus had nothing held out to measure them on" if heldout.is_file() and not heldout.stat().st_size
+               else "not measured yet")
     refs = []
     for role in roles:
         metrics, measured = _phase_metrics(events, {"mle": "mle", "seqgan": "adversarial"}.get(role))
-        refs.append(ModelRef(f"{ROLE_LABELS[role]} — {name}", found[role], metrics, measured))
+        refs.append(ModelRef(f"{ROLE_LABELS[role]} — {name}", found[role], metrics, measured,
+                             "" if metrics else missing))
     return refs
 
 

@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from e2e_helpers import APP, REPO, abc_tunes, make_runs, melody_zip, poem_lines
+from e2e_helpers import APP, REPO, TINY, abc_tunes, make_runs, melody_zip, poem_lines
 from seqgan import jobs, studio
 from seqgan.checkpoint import load_bundle
 from seqgan.runs import RunDir
@@ -133,6 +133,22 @@ def test_data_page_summarises_a_text_upload_and_keeps_it_for_training(runs_dir):
     # the Train page offers it, preselected
     at.switch_page("app_pages/train.py").run()
     assert at.selectbox[0].value == choice
+
+
+def test_a_corpus_with_nothing_held_out_says_so_on_the_data_and_compare_pages(runs_dir, tmp_path):
+    at = open_page("data")
+    at.file_uploader[0].upload("one.abc", abc_tunes(1))  # held out by whole tune: one tune leaves none
+    at.run()
+    next(b for b in at.button if b.label == "Read the corpus").click().run()
+    shown = texts(at)
+    assert "Nothing is held out" in shown and "fewer than one batch of 64" in shown, shown
+
+    from seqgan.cli import main
+    (tmp_path / "poems.txt").write_bytes(poem_lines(100))
+    assert main(["train", "--run-dir", str(runs_dir / "no-heldout"), "--corpus", str(tmp_path / "poems.txt"),
+                 "--test-fraction", "0", "--vocab-size", "100", *TINY]) == 0
+    at = open_page("compare", run="no-heldout")
+    assert "its corpus had nothing held out" in at.info[0].value, at.info[0].value
 
 
 def test_data_page_lists_bad_melody_files_and_plays_the_good_ones(runs_dir):
