@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def uploads_root() -> Path:
 
 
 def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")[:limit] or "x"
+    """A name safe as a file name and in a URL: letters and digits of any script, '.', '_' and '-'."""
+    slug = re.sub(r"[^\w.-]+", "-", unicodedata.normalize("NFC", text))
+    return re.sub(r"-+(?=\.)", "", slug).strip("-._")[:limit] or "x"
 
 
 # =============================================================================================================

@@ -151,6 +151,13 @@ def test_a_corpus_with_nothing_held_out_says_so_on_the_data_and_compare_pages(ru
     assert "its corpus had nothing held out" in at.info[0].value, at.info[0].value
 
 
+def test_upload_names_keep_their_letters(runs_dir):
+    choice = studio.save_corpus_files([("ünïcode name (1).txt", poem_lines(20))])
+    assert choice.label.endswith("ünïcode-name-1.txt"), choice.label
+    assert studio.save_corpus_files([("唐诗 三百首.txt", poem_lines(20))]).label.endswith("唐诗-三百首.txt")
+    assert studio.save_corpus_files([("../../x.txt", poem_lines(20))]).source.startswith(str(runs_dir / "corpora"))
+
+
 def test_data_page_lists_bad_melody_files_and_plays_the_good_ones(runs_dir):
     at = open_page("data")
     at.file_uploader[0].upload("tunes.zip", melody_zip())
