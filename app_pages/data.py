@@ -25,7 +25,7 @@ with st.expander("Tokenizer and sequence length"):
                                 help="auto: char for space-separated characters (Chinese poems), else unigram")
     vocab_size = middle.number_input("Text vocabulary size", min_value=5, max_value=200_000, value=None, step=500,
                                      placeholder="auto: 8,000 (char: every character)")
-    seq_len = right.number_input("Sequence length", min_value=2, max_value=4096, value=None, step=1,
+    seq_len = right.number_input("Sequence length", min_value=2, max_value=studio.MAX_SEQ_LEN, value=None, step=1,
                                  placeholder="auto: 99% of text lines; 32 steps for melodies")
 
 if st.button("Read the corpus", type="primary", disabled=choice == UPLOAD and not files):

@@ -40,6 +40,7 @@ BUILTIN = {"poems": "text", "melodies": "music"}
 BUILTIN_POEMS = Path(__file__).resolve().parent.parent / "data" / "poems" / "gutenberg-poetry-lines.txt"
 TEXT_LENGTH_QUANTILE = 0.99  # the default text seq_len keeps this share of lines whole
 MAX_TEXT_SEQ_LEN = 128
+MAX_SEQ_LEN = 4096  # the longest sequences any corpus lays out
 
 
 # ----- token-id files ---------------------------------------------------------------------------------------
@@ -167,8 +168,8 @@ def text_corpus(lines: list[str], name: str, *, vocab_size: int | None = None, m
     if seq_len is None:
         lengths = sorted(len(ids) + 1 for ids in encoded)
         seq_len = min(MAX_TEXT_SEQ_LEN, lengths[min(len(lengths) - 1, int(TEXT_LENGTH_QUANTILE * len(lengths)))])
-    if not 2 <= seq_len <= 4096:
-        raise ConfigError(f"seq_len must be within 2..4096 (got {seq_len})")
+    if not 2 <= seq_len <= MAX_SEQ_LEN:
+        raise ConfigError(f"seq_len must be within 2..{MAX_SEQ_LEN} (got {seq_len})")
     rows = [ids + [tokenizer.eos_id] + [tokenizer.pad_id] * (seq_len - 1 - len(ids))
             for ids in encoded if len(ids) < seq_len]
     notes = list(tokenizer.notes)
@@ -176,7 +177,8 @@ def text_corpus(lines: list[str], name: str, *, vocab_size: int | None = None, m
         notes.append(f"{len(encoded) - len(rows):,} of {len(encoded):,} lines are longer than {seq_len - 1} "
                      f"tokens and were left out (seq_len {seq_len} includes the end token)")
     if len(rows) < 2:
-        raise InputError(name, f"fewer than two lines fit in {seq_len - 1} tokens; raise seq_len")
+        advice = "raise seq_len" if seq_len < MAX_SEQ_LEN else f"{MAX_SEQ_LEN} is the longest seq_len"
+        raise InputError(name, f"fewer than two lines fit in {seq_len - 1} tokens; {advice}")
     train, heldout = split_heldout([[row] for row in rows], test_fraction, seed)
     return Corpus("text", name, tokenizer, _tensor(train, seq_len), _tensor(heldout, seq_len), notes)
 
@@ -202,7 +204,9 @@ def music_corpus(melodies, name: str, *, problems=(), steps: int = 32, test_frac
     if sum(len(g) for g in groups) < 2:
         raise InputError(name, f"has fewer than two windows of {steps} steps with notes; nothing to train on")
     train, heldout = split_heldout(groups, test_fraction, seed)
-    notes = [f"{len(groups):,} tunes, {len(train) + len(heldout):,} windows of {steps} sixteenth-note steps"]
+    windows = len(train) + len(heldout)
+    notes = [f"{len(groups):,} tune{'s' * (len(groups) != 1)}, {windows:,} window{'s' * (windows != 1)} of {steps} "
+             f"sixteenth-note steps"]
     return Corpus("music", name, tokenizer, _tensor(train, steps), _tensor(heldout, steps), notes, list(problems))
 
 

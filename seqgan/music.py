@@ -496,6 +496,8 @@ def _zip_members(zip_name: str, data: bytes, max_bytes: int, problems: list) -> 
         name = f"{zip_name}/{info.filename}"
         try:
             _check_size(name, info.file_size, max_bytes)  # checked before inflating: no zip bombs
+            if base.lower().endswith(".zip"):
+                raise InputError(name, "a zip inside a zip is not unpacked: put its files in the outer zip")
             if not base.lower().endswith(MUSIC_SUFFIXES):
                 raise InputError(name, f"unsupported file type (expected one of {', '.join(MUSIC_SUFFIXES)})")
             members.append((name, archive.read(info)))
@@ -604,7 +606,8 @@ def _read_abc_tune(name: str, text: str, **options) -> Melody:
     try:
         score = _parse_abc_tune(text)
     except Exception as exc:  # music21's ABC parser raises many types on broken tunes
-        raise InputError(name, f"broken ABC tune ({_first_line(exc)})") from None
+        first_sentence = _first_line(exc).split(". ")[0]  # music21 goes on with reprs of its parser's tokens
+        raise InputError(name, f"broken ABC tune ({first_sentence})") from None
     return _melody_from_score(name, score, **options)
 
 

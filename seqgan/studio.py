@@ -31,6 +31,7 @@ import torch
 
 from . import jobs
 from .checkpoint import ROLES, atomic_write_bytes, load_bundle, tokenizer_bytes
+from .corpus import MAX_SEQ_LEN
 from .errors import ConfigError, InputError, SeqGANError
 from .runs import RunDir
 from .train import OPTION_HELP as TRAIN_OPTION_HELP, TrainConfig, paper_discriminator
@@ -687,7 +688,7 @@ def model_from_bundle(bundle: dict, name: str, path: Path | None = None) -> Mode
         seq_len = int(c["seq_len"])
     except (KeyError, TypeError, ValueError):
         raise InputError(name, "the checkpoint's configuration has no usable seq_len") from None
-    if not 1 <= seq_len <= 4096:
+    if not 1 <= seq_len <= MAX_SEQ_LEN:
         raise InputError(name, f"the checkpoint's seq_len {seq_len} is out of range")
     data = tokenizer_bytes(bundle)
     tokenizer = tokenizer_from_bytes(data, name) if data else None

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import FORMAT, load_bundle, save_bundle, tokenizer_tensor
-from .corpus import write_token_file
+from .corpus import MAX_SEQ_LEN, write_token_file
 from .distributed import SINGLE, DistContext, Objective
 from .errors import ConfigError, Stopped
 from .kernels import bf16_autocast, plain_kernels
@@ -69,7 +69,7 @@ ADAM_EPSILON = 1e-8  # Adam's epsilon in the original (TensorFlow's default) and
 # Sizes far beyond any real use (the paper's are 64, 16, 10,000, 5,000, 20, 32 and 64): a value above one is a
 # typo that would otherwise run out of memory or hang in its first unit.
 UPPER_LIMITS = {"batch_size": 1 << 16, "d_batch_size": 1 << 16, "rollouts": 1024, "num_negatives": 10_000_000,
-                "eval_samples": 1_000_000, "vocab_size": 1_000_000, "seq_len": 4096, "g_emb_dim": 1 << 14,
+                "eval_samples": 1_000_000, "vocab_size": 1_000_000, "seq_len": MAX_SEQ_LEN, "g_emb_dim": 1 << 14,
                 "g_hidden_dim": 1 << 14, "d_emb_dim": 1 << 14}
 
 CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS,

@@ -142,6 +142,7 @@ def test_a_corpus_with_nothing_held_out_says_so_on_the_data_and_compare_pages(ru
     next(b for b in at.button if b.label == "Read the corpus").click().run()
     shown = texts(at)
     assert "Nothing is held out" in shown and "fewer than one batch of 64" in shown, shown
+    assert re.search(r"\b1 tune, \d+ windows", shown), shown
 
     from seqgan.cli import main
     (tmp_path / "poems.txt").write_bytes(poem_lines(100))

@@ -315,14 +315,18 @@ def test_a_batch_with_bad_files_and_a_broken_tune_imports_the_rest():
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("inner/scale.mid", midi_file((False, SCALE)))
         zipped.writestr("inner/empty.krn", "")
+        zipped.writestr("inner/nested.zip", b"PK\x05\x06" + bytes(18))
     calls = []
     melodies, problems = read_melodies(
         [("tunes.abc", GOOD_ABC.encode()), ("bad.mid", b"MThd garbage"), ("more.zip", archive.getvalue())],
         transpose=False, progress=lambda done, total, message: calls.append((done, total, message)))
     assert [m.name for m in melodies] == ["tunes.abc X:1 Good One", "tunes.abc X:3 Good Two",
                                           "more.zip/inner/scale.mid"]
-    assert sorted(p.source for p in problems) == ["bad.mid", "more.zip/inner/empty.krn", "tunes.abc X:2 Broken"]
-    assert "broken ABC tune" in str(next(p for p in problems if p.source == "tunes.abc X:2 Broken"))
+    assert sorted(p.source for p in problems) == ["bad.mid", "more.zip/inner/empty.krn", "more.zip/inner/nested.zip",
+                                                  "tunes.abc X:2 Broken"]
+    broken = str(next(p for p in problems if p.source == "tunes.abc X:2 Broken"))
+    assert "broken ABC tune" in broken and "music21" not in broken
+    assert "a zip inside a zip" in str(next(p for p in problems if p.source.endswith("nested.zip")))
     assert [c[:2] for c in calls] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
 
 
