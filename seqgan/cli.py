@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, SeqGANError, Stopped
+from .errors import ConfigError, InputError, SeqGANError, Stopped
 
 
 def set_threads(threads: int | None) -> None:
@@ -104,7 +104,7 @@ def begin_run(args, run) -> tuple:
     the data written into the run directory, which every later attempt trains from. Returns (config, task)."""
     from .corpus import load_corpus, read_token_file, write_token_file
     from .oracle import load_oracle, random_oracle, write_task
-    from .train import TrainConfig
+    from .train import TrainConfig, resolve_device
 
     if run.config.exists():
         raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
@@ -128,7 +128,15 @@ def begin_run(args, run) -> tuple:
         task = {"kind": "tokens", "source": str(args.data)}
     else:
         task = {"kind": "oracle", "oracle_params": args.oracle_params, "num_train": args.num_train}
+        oracle = load_oracle(args.oracle_params) if args.oracle_params else None
+        if oracle is not None:  # the paper's oracle decides the vocabulary, as a corpus does
+            if overrides.setdefault("vocab_size", oracle.vocab_size) != oracle.vocab_size:
+                raise ConfigError(f"--vocab-size {overrides['vocab_size']}: the oracle of {args.oracle_params} has "
+                                  f"{oracle.vocab_size} tokens")
     config = TrainConfig(**overrides).validate()
+    if args.data and int(tokens.max()) >= config.vocab_size:
+        raise ConfigError(f"--vocab-size {config.vocab_size}: {args.data} has token id {int(tokens.max())}")
+    resolve_device(config.device)  # a device this machine lacks is refused before the run directory exists
     run.create()
     if corpus is not None:
         for line in corpus.notes + [f"left out: {problem}" for problem in corpus.problems]:
@@ -142,11 +150,27 @@ def begin_run(args, run) -> tuple:
         write_token_file(tokens[order[n_test:]], run.path / "train.txt")
         write_token_file(tokens[order[:n_test]], run.path / "heldout.txt")
     else:
-        oracle = load_oracle(args.oracle_params) if args.oracle_params else \
-            random_oracle(config.seed, config.vocab_size)
-        write_task(oracle, run.path, args.num_train, config.seq_len, config.seed)
+        write_task(oracle or random_oracle(config.seed, config.vocab_size), run.path, args.num_train,
+                   config.seq_len, config.seed)
     run.write_json(run.config, {"config": config.to_dict(), "task": task})
     return config, task
+
+
+def check_resume_alone(args, run) -> None:
+    """--resume continues a run with its saved settings, in one process: options that would change them are
+    refused rather than ignored, and so is a second process training the same run."""
+    from .jobs import process_alive
+
+    given = sorted({f"--{name.replace('_', '-')}" for name in config_overrides(args) if name != "device"}
+                   | {flag for flag, value in (("--corpus", args.corpus), ("--data", args.data),
+                                               ("--oracle-params", args.oracle_params)) if value})
+    if given:
+        raise ConfigError(f"--resume continues {run.path} with the settings in its config.json; {', '.join(given)} "
+                          f"would change them (start a new run for other settings; --device may change)")
+    status = run.read_status() or {}
+    pid = status.get("pid")
+    if status.get("state") == "running" and pid != os.getpid() and process_alive(pid, run):
+        raise SeqGANError(f"{run.path}: process {pid} is training this run; stop it before resuming")
 
 
 def cmd_train(args) -> int:
@@ -154,13 +178,15 @@ def cmd_train(args) -> int:
     from .corpus import corpus_evaluator, read_token_file, sequence_nll, tokenizer_from_bytes
     from .oracle import load_oracle, oracle_evaluator
     from .runs import RunDir
-    from .train import TrainConfig, Trainer, resolve_device
+    from .train import TrainConfig, Trainer, resolve_device, settings_differ
     from .distributed import setup_from_env
 
     dist = setup_from_env(args.device or "auto")  # under torchrun: join the other ranks; else one process
     if not args.resume and not dist.is_main:
         dist.barrier()  # rank 0 creates the run directory first; the other ranks then open it as a resume does
     run = RunDir(args.run_dir)
+    if args.resume and dist.is_main:
+        check_resume_alone(args, run)
     if args.resume or not dist.is_main:
         saved = run.read_json(run.config)
         if saved is None:
@@ -200,7 +226,16 @@ def cmd_train(args) -> int:
     if args.resume:
         latest = run.checkpoint("latest")
         if latest.exists():
-            trainer.restore(load_bundle(latest))
+            bundle = load_bundle(latest)
+            missing = [key for key in ("discriminator", "optimizers", "rng", "position") if key not in bundle]
+            if missing:
+                raise InputError(latest, f"has no {', '.join(missing)}: a slim (exported) checkpoint samples "
+                                         "but cannot continue training")
+            differ = settings_differ(config, bundle["config"])
+            if differ:
+                raise InputError(latest, f"was made with other settings than this run's config.json "
+                                         f"({', '.join(differ)}): it belongs to another run")
+            trainer.restore(bundle)
             if dist.is_main:
                 print(f"resuming at unit {trainer.unit} of {len(trainer.schedule)}", flush=True)
         elif dist.is_main:  # stopped before its first checkpoint, or latest.pt deleted: nothing to continue from

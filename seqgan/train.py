@@ -255,6 +255,14 @@ class TrainConfig:
                 + [("adversarial", i) for i in range(self.adv_iters)])
 
 
+def settings_differ(config: TrainConfig, saved: dict) -> list[str]:
+    """The training settings in which a checkpoint's configuration ``saved`` differs from ``config`` (where a run
+    trains and how often it saves may differ: they do not change what it computes)."""
+    ours, theirs = config.to_dict(), TrainConfig.from_dict(saved).to_dict()
+    return sorted(k for k in ours.keys() | theirs.keys()
+                  if k not in ("device", "checkpoint_seconds") and ours.get(k) != theirs.get(k))
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for a config's ``device``; one this machine lacks is a ``ConfigError`` here, not a CUDA
     error at the first tensor moved there."""
@@ -264,6 +272,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {name!r})") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r} was asked for but this torch has no MPS (Apple GPU) support here")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} was asked for but CUDA is not available here")
@@ -748,9 +758,7 @@ def run_to_end(trainer: Trainer, begin: Callable[[Trainer], None] | None = None,
     latest = run.checkpoint("latest")
     bundle = load_bundle(latest) if latest.exists() else None
     if bundle is not None:
-        ours, theirs = trainer.config.to_dict(), TrainConfig.from_dict(bundle["config"]).to_dict()
-        differ = sorted(k for k in ours.keys() | theirs.keys()
-                        if k not in ("device", "checkpoint_seconds") and ours.get(k) != theirs.get(k))
+        differ = settings_differ(trainer.config, bundle["config"])
         if differ:
             raise ConfigError(f"{run.path} holds a run with other settings ({', '.join(differ)}); use another "
                               f"output folder or remove it (in an experiment the preset, the options and "

@@ -331,6 +331,67 @@ def test_resume_without_latest_starts_again_and_keeps_one_copy_of_each_event(tmp
     assert (run / "checkpoints" / "latest.pt").exists() and RunDir(run).read_status()["state"] == "finished"
 
 
+def tiny_with(**changes) -> list[str]:
+    """TINY with some options' values changed."""
+    argv = list(TINY)
+    for name, value in changes.items():
+        argv[argv.index(f"--{name.replace('_', '-')}") + 1] = str(value)
+    return argv
+
+
+def test_resume_refuses_what_is_not_this_runs_to_continue(tmp_path, capsys, restore_sigterm):
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder, argv in ((run, tiny_with(adv_iters=2)), (other, tiny_with(adv_iters=2, seed=4))):
+        status, _, err = run_cli(capsys, "train", "--run-dir", folder, *argv)
+        assert status == 0, err
+    latest = run / "checkpoints" / "latest.pt"
+    own = latest.read_bytes()
+    # another run's checkpoint
+    latest.write_bytes((other / "checkpoints" / "latest.pt").read_bytes())
+    status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume")
+    assert_error(status, err, "other settings than this run's config.json (seed)")
+    # a slim (exported) checkpoint
+    status, _, err = run_cli(capsys, "export", "--run-dir", run, "--out", tmp_path / "slim")
+    assert status == 0, err
+    latest.write_bytes((tmp_path / "slim" / "checkpoints" / "seqgan.pt").read_bytes())
+    status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume")
+    assert_error(status, err, "cannot continue training")
+    latest.write_bytes(own)
+    # options that would change the saved settings
+    status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume", "--mle-epochs", "50", "--seed", "1")
+    assert_error(status, err, "--mle-epochs, --seed would change them")
+    status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume", "--device", "cpu")
+    assert status == 0, err
+
+
+def test_resume_refuses_a_run_another_process_is_training(tmp_path, capsys, restore_sigterm):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "seqgan", "train", "--run-dir", str(run),
+                                *tiny_with(adv_iters=100000)], cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while (RunDir(run).read_status() or {}).get("state") != "running":
+            assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.05)
+        status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume")
+        assert_error(status, err, f"process {process.pid} is training this run")
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_new_run_refused_for_its_device_or_vocabulary_leaves_no_folder(tmp_path, capsys, restore_sigterm):
+    data = tmp_path / "ids.txt"
+    data.write_text("1 2 3 4\n5 4 3 2\n" * 10)
+    for argv, problem in [([*TINY, "--device", "cuda"], "CUDA is not available"),
+                          (["--data", data, "--vocab-size", "3", "--device", "cpu"], "has token id 5")]:
+        status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", *argv)
+        assert_error(status, err, problem)
+        assert not (tmp_path / "run").exists()
+
+
 # A tiny Table 1 run (the oracle keeps the paper's 5,000 tokens; length 6): 1 MLE epoch, 1 D round, 30 iterations.
 TINY_ORACLE = ["--models", "Random", "MLE", "SeqGAN", "--preset", "demo", "--seeds", "1", "--seq-len", "6",
                "--g-emb-dim", "8", "--g-hidden-dim", "8", "--mle-epochs", "1", "--d-pretrain-rounds", "1",
