@@ -87,6 +87,10 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
     missing = [k for k in REQUIRED_KEYS if k not in bundle]
     if missing:
         raise InputError(name, f"checkpoint is missing {', '.join(missing)}")
+    tokenizer = bundle.get("tokenizer")
+    if not (isinstance(bundle["config"], dict) and isinstance(bundle["generator"], dict)
+            and (tokenizer is None or (isinstance(tokenizer, torch.Tensor) and tokenizer.dtype == torch.uint8))):
+        raise InputError(name, "its config, generator or tokenizer is not what SeqGAN Studio writes")
     if bundle.get("role", "latest") not in ROLES:
         raise InputError(name, f"unknown checkpoint role {str(bundle.get('role'))[:40]!r} (expected one of "
                                f"{', '.join(ROLES)})")

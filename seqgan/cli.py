@@ -30,7 +30,9 @@ def set_threads(threads: int | None) -> None:
             threads = int(value)
         except ValueError:
             raise ConfigError(f"SEQGAN_THREADS must be a whole number of threads (got {value!r})") from None
-    torch.set_num_threads(max(1, threads))
+    if threads < 1:
+        raise ConfigError(f"--threads (or SEQGAN_THREADS) must be at least 1 (got {threads})")
+    torch.set_num_threads(threads)
 
 
 def keep_freed_memory() -> bool:
@@ -260,11 +262,13 @@ def cmd_train(args) -> int:
     return 0
 
 
+MAX_SAMPLES = 1_000_000  # seqgan sample -n: a typo beyond this would only fill the memory
+
 # ----- seqgan sample --------------------------------------------------------------------------------------
 def cmd_sample(args) -> int:
     """Token ids, one sequence a line; decoded text for text checkpoints; MIDI files for melodies (--midi)."""
     from .checkpoint import generator_from_bundle, load_bundle, tokenizer_bytes
-    from .corpus import tokenizer_from_bytes
+    from .corpus import MAX_SEQ_LEN, tokenizer_from_bytes
 
     bundle = load_bundle(args.checkpoint)
     c = bundle["config"]
@@ -276,7 +280,14 @@ def cmd_sample(args) -> int:
         prefix = torch.tensor([int(x) for x in args.prefix.split()], dtype=torch.long) if args.prefix else None
     except ValueError:
         raise ConfigError(f"--prefix must be token ids separated by spaces (got {args.prefix!r})") from None
-    samples = generator.sample(args.num, c["seq_len"], args.temperature, prefix=prefix, generator=rng).tolist()
+    seq_len = int(c["seq_len"])
+    if not 1 <= seq_len <= MAX_SEQ_LEN:
+        raise InputError(args.checkpoint, f"the checkpoint's seq_len {seq_len} is out of range")
+    if prefix is not None and len(prefix) > seq_len:
+        raise ConfigError(f"--prefix has {len(prefix)} ids, more than the model's length {seq_len}")
+    if args.num > MAX_SAMPLES:
+        raise ConfigError(f"-n must be at most {MAX_SAMPLES:,} (got {args.num:,}); sample in parts for more")
+    samples = generator.sample(args.num, seq_len, args.temperature, prefix=prefix, generator=rng).tolist()
     if args.midi:
         if tokenizer is None or tokenizer.kind != "music":
             raise SeqGANError(f"{args.checkpoint}: --midi needs a melody checkpoint")
@@ -392,20 +403,22 @@ def cmd_export(args) -> int:
     source, target = Path(args.run_dir), Path(args.out)
     if not (source / "config.json").is_file():
         raise SeqGANError(f"{source}: not a run directory (no config.json)")
-    if target.exists() and any(target.iterdir()):
+    if target.is_dir() and any(target.iterdir()):
         raise SeqGANError(f"{target}: exists and is not empty")
     roles = [role for role in ("mle", "seqgan") if (source / "checkpoints" / f"{role}.pt").is_file()]
     if not roles:
         raise SeqGANError(f"{source}: has no mle.pt or seqgan.pt checkpoint yet")
+    slim = {role: slim_bundle(load_bundle(source / "checkpoints" / f"{role}.pt")) for role in roles}
+    if target.exists() and not target.is_dir():  # checked before anything is written
+        raise SeqGANError(f"{target}: exists and is not a folder")
     for name in EXPORTED_FILES:
         if (source / name).is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, target / name)
     if (source / "samples").is_dir():
         shutil.copytree(source / "samples", target / "samples")
-    for role in roles:
-        bundle = load_bundle(source / "checkpoints" / f"{role}.pt")
-        save_bundle(slim_bundle(bundle), target / "checkpoints" / f"{role}.pt")
+    for role, bundle in slim.items():
+        save_bundle(bundle, target / "checkpoints" / f"{role}.pt")
     print(f"exported {', '.join(roles)} checkpoints: {target}")
     return 0
 
@@ -578,6 +591,10 @@ def main(argv=None) -> int:
         return 2
     except ValueError as exc:  # bad values that reached a library check
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be written or read: a file where a folder should be, no space ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -62,8 +62,10 @@ def read_token_file(path: str | Path, vocab_size: int | None = None) -> torch.Te
         tokens = torch.tensor([[int(x) for x in line] for line in lines], dtype=torch.long)
     except ValueError as exc:
         raise InputError(path, f"every token must be an integer id ({exc})") from None
-    if int(tokens.min()) < 0 or (vocab_size is not None and int(tokens.max()) >= vocab_size):
-        raise InputError(path, f"token ids must be within 0..{(vocab_size or 1) - 1}")
+    if int(tokens.min()) < 0:
+        raise InputError(path, f"token ids must not be negative (found {int(tokens.min())})")
+    if vocab_size is not None and int(tokens.max()) >= vocab_size:
+        raise InputError(path, f"token ids must be within 0..{vocab_size - 1} (found {int(tokens.max())})")
     return tokens
 
 

@@ -60,8 +60,11 @@ def load_oracle_arrays(path: str | Path) -> list[np.ndarray]:
             arrays = [saved[name].numpy() for name in ARRAY_NAMES]
         else:
             arrays = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except KeyError as exc:  # a torch file without the oracle's arrays, e.g. a checkpoint
+        raise InputError(path, f"not oracle parameters: a torch file without the array {exc}") from None
     except Exception as exc:
-        raise InputError(path, f"cannot read oracle parameters ({exc})") from None
+        raise InputError(path, f"cannot read oracle parameters ({type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})") from None
     if not isinstance(arrays, (list, tuple)) or len(arrays) != len(ARRAY_NAMES):
         raise InputError(path, f"expected a list of {len(ARRAY_NAMES)} arrays ({', '.join(ARRAY_NAMES)})")
     try:
@@ -78,6 +81,8 @@ def load_oracle_arrays(path: str | Path) -> list[np.ndarray]:
         if array.shape != expected[name]:
             raise InputError(path, f"array {name} has shape {array.shape}, the oracle's equations need "
                                    f"{expected[name]}")
+        if not np.isfinite(array).all():
+            raise InputError(path, f"array {name} holds numbers that are not finite (nan or inf)")
     return arrays
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +98,51 @@ def test_train_from_a_short_token_file_with_the_default_discriminator(tmp_path, 
     assert status == 0, err
     config = RunDir(tmp_path / "run").read_json(RunDir(tmp_path / "run").config)["config"]
     assert config["seq_len"] == 5 and config["d_filter_sizes"] == [1, 2, 3, 4, 5]
+
+
+def test_bad_paths_and_values_are_one_line_errors(token_run, tmp_path, capsys):
+    root, _ = token_run
+    checkpoint = root / "run" / "checkpoints" / "latest.pt"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "negative.txt").write_text("1 2 3\n4 -5 6\n")
+    bundle = load_bundle(checkpoint)
+    torch.save({**bundle, "tokenizer": "words"}, tmp_path / "odd-tokenizer.pt")
+    for argv, problem in [
+        (["export", "--run-dir", root / "run", "--out", a_file], "not a folder"),
+        (["train", "--run-dir", a_file / "run", "--data", root / "data.txt"], str(a_file)),
+        (["--threads", "0", "sample", "--checkpoint", checkpoint], "--threads (or SEQGAN_THREADS) must be at least 1"),
+        (["train", "--run-dir", tmp_path / "neg", "--data", tmp_path / "negative.txt"],
+         "must not be negative (found -5)"),
+        (["sample", "--checkpoint", checkpoint, "--prefix", " ".join(["1"] * 6)], "more than the model's length 5"),
+        (["sample", "--checkpoint", checkpoint, "-n", "100000000"], "-n must be at most 1,000,000"),
+        (["sample", "--checkpoint", tmp_path / "odd-tokenizer.pt"], "is not what SeqGAN Studio writes"),
+        (["oracle", "nll", "--params", checkpoint, root / "data.txt"], "not oracle parameters"),
+    ]:
+        status, _, err = run_cli(capsys, *argv)
+        assert_error(status, err, problem)
+    assert not (tmp_path / "neg").exists()
+
+
+def test_export_checks_the_checkpoints_before_writing_anything(token_run, tmp_path, capsys):
+    root, _ = token_run
+    source = tmp_path / "run"
+    shutil.copytree(root / "run", source)
+    (source / "checkpoints" / "mle.pt").write_bytes((root / "run" / "checkpoints" / "mle.pt").read_bytes()[:500])
+    status, _, err = run_cli(capsys, "export", "--run-dir", source, "--out", tmp_path / "out")
+    assert_error(status, err, "mle.pt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_oracle_parameters_that_are_not_finite_are_refused(tmp_path, capsys):
+    oracle = random_oracle(1, 20, 4, 4)
+    save_oracle(oracle, tmp_path / "oracle.pt")
+    saved = torch.load(tmp_path / "oracle.pt", weights_only=True)
+    saved["E"][0, 0] = float("nan")
+    torch.save(saved, tmp_path / "nan.pt")
+    write_token_file(torch.zeros(2, 3, dtype=torch.long), tmp_path / "ids.txt")
+    status, _, err = run_cli(capsys, "oracle", "nll", "--params", tmp_path / "nan.pt", tmp_path / "ids.txt")
+    assert_error(status, err, "array E holds numbers that are not finite")
 
 
 # ----- seqgan sample -------------------------------------------------------------------------------------------
