@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,12 @@ def load_oracle_arrays(path: str | Path) -> list[np.ndarray]:
     except KeyError as exc:  # a torch file without the oracle's arrays, e.g. a checkpoint
         raise InputError(path, f"not oracle parameters: a torch file without the array {exc}") from None
     except Exception as exc:
-        raise InputError(path, f"cannot read oracle parameters ({type(exc).__name__}: "
-                               f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''})") from None
+        refused = re.search(r"(?:GLOBAL|refusing to load) ([\w.]+)", str(exc))
+        if refused:  # torch's and our unpickler's words for an object they will not build
+            raise InputError(path, f"refusing to load the Python object {refused.group(1)}: oracle parameters are "
+                                   f"arrays only (other objects could run code)") from None
+        raise InputError(path, f"cannot read oracle parameters ({type(exc).__name__}; not the paper's pickle nor "
+                               f"a file of seqgan's own)") from None
     if not isinstance(arrays, (list, tuple)) or len(arrays) != len(ARRAY_NAMES):
         raise InputError(path, f"expected a list of {len(ARRAY_NAMES)} arrays ({', '.join(ARRAY_NAMES)})")
     try:

@@ -181,8 +181,8 @@ def test_token_file_round_trip(tmp_path):
     ("1 2 3\n4 5.5 6\n", "integer"),
     ("", "no sequences"),
     ("\n  \n", "no sequences"),
-    ("1 2 3\n4 -1 6\n", "0.."),
-    ("1 2 3\n4 50 6\n", "0..49"),
+    ("1 2 3\n4 -1 6\n", "must not be negative (found -1)"),
+    ("1 2 3\n4 50 6\n", "0..49 (found 50)"),
     (b"1 2 \xff\n", "UTF-8"),
 ])
 def test_bad_token_files_are_input_errors_naming_the_file(tmp_path, content, problem):
