@@ -26,7 +26,7 @@ import torch
 
 from .checkpoint import load_bundle
 from .metrics import BleuScorer, mean_sd, over_seeds
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .oracle import (PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_arrays, oracle_evaluator,
                      random_oracle, write_task)
 from .runs import RunDir
@@ -243,6 +243,10 @@ def run_oracle_experiment(preset: str, seeds: list[int], out_dir: str | Path, or
 def write_report(out_dir: str | Path, seeds: list[int]) -> dict:
     """Table 1 (markdown + JSON) and Figure 2 from the seeds' run directories (seeds may run in parallel)."""
     out_dir = Path(out_dir)
+    for seed in seeds:
+        if not (out_dir / f"seed{seed}" / "seed.json").is_file():
+            raise InputError(out_dir / f"seed{seed}", f"no runs of seed {seed} here (`seqgan oracle run --seeds "
+                                                      f"{seed} --out {out_dir}` makes them)")
     summaries = [seed_summary(out_dir / f"seed{seed}") for seed in seeds]
     preset = summaries[0]["preset"]
     table = summarize(summaries)

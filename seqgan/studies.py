@@ -34,6 +34,7 @@ import torch
 
 from .checkpoint import generator_from_bundle, load_bundle
 from .corpus import read_token_file
+from .errors import InputError
 from .oracle_experiment import oracle_task
 from .metrics import diversity, mean_sd, over_seeds
 from .oracle import PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_evaluator
@@ -318,6 +319,12 @@ def plot_lengths(summary: dict, path: Path, title: str) -> None:
 
 def write_stability_report(out_dir: str | Path, preset: str, seeds: list[int], variants: list[str]) -> dict:
     out_dir = Path(out_dir)
+    for seed in seeds:
+        for run in ["mle", *variants]:
+            folder = Path(out_dir) / f"L{PAPER_SEQ_LEN}" / f"seed{seed}" / run
+            if not RunDir(folder).finished():
+                raise InputError(folder, f"no finished run here: the report needs every variant of every seed "
+                                         f"(`seqgan study stability --seeds {seed} --out {out_dir}` makes them)")
     summary = stability_summary(out_dir, seeds, variants)
     temperatures = temperature_summary(out_dir, seeds)
     (out_dir / "stability.md").write_text(stability_markdown(summary, preset, seeds) + "\n"
@@ -335,6 +342,9 @@ def write_stability_report(out_dir: str | Path, preset: str, seeds: list[int], v
 def write_lengths_report(out_dir: str | Path, preset: str, seeds: list[int], lengths: list[int]) -> dict:
     out_dir = Path(out_dir)
     summary = lengths_summary(out_dir, seeds, lengths)
+    if not summary:
+        raise InputError(out_dir, f"no finished runs of lengths {', '.join(map(str, lengths))} for seeds "
+                                  f"{', '.join(map(str, seeds))} (`seqgan study lengths` makes them)")
     (out_dir / "lengths.md").write_text(lengths_markdown(summary, preset))
     (out_dir / "lengths.json").write_text(json.dumps({"preset": preset, "seeds": seeds,
                                                       "summary": {n: {k: v for k, v in row.items() if k != "curves"}

@@ -145,6 +145,18 @@ def test_oracle_parameters_that_are_not_finite_are_refused(tmp_path, capsys):
     assert_error(status, err, "array E holds numbers that are not finite")
 
 
+def test_reports_of_runs_that_are_not_there_name_the_missing_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for argv, problem in [(["oracle", "table", "--out", tmp_path / "none", "--seeds", "1"], "no runs of seed 1"),
+                          (["study", "stability", "--report-only", "--out", tmp_path / "empty", "--seeds", "1"],
+                           "no finished run here"),
+                          (["study", "lengths", "--report-only", "--out", tmp_path / "empty", "--seeds", "1"],
+                           "no finished runs of lengths")]:
+        status, _, err = run_cli(capsys, *argv)
+        assert_error(status, err, problem)
+    assert not list((tmp_path / "empty").iterdir())
+
+
 # ----- seqgan sample -------------------------------------------------------------------------------------------
 def test_sample_prints_reproducible_sequences_from_the_checkpoint(token_run, capsys):
     root, _ = token_run
