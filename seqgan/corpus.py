@@ -163,20 +163,28 @@ def _tensor(rows: list[list[int]], seq_len: int) -> torch.Tensor:
 def text_corpus(lines: list[str], name: str, *, vocab_size: int | None = None, model_type: str | None = None,
                 seq_len: int | None = None, test_fraction: float = 0.1, seed: int = 0) -> Corpus:
     """Train a SentencePiece tokenizer on ``lines`` and lay them out as fixed-length sequences."""
-    from .text import TextTokenizer
+    from .text import MAX_PIECE_LENGTH, TextTokenizer
 
-    tokenizer = TextTokenizer.train(lines, vocab_size=vocab_size, model_type=model_type, source=name)
-    encoded = [tokenizer.encode(line) for line in lines]
+    if seq_len is not None and not 2 <= seq_len <= MAX_SEQ_LEN:
+        raise ConfigError(f"seq_len must be within 2..{MAX_SEQ_LEN} (got {seq_len})")
+    # A line longer than this cannot fit in the longest sequence, whatever the tokenizer (a line of spaced
+    # characters is twice its characters): left out before the tokenizer trains, which on a few huge lines
+    # would take minutes.
+    longest = 2 * MAX_PIECE_LENGTH * ((seq_len or MAX_TEXT_SEQ_LEN) - 1)
+    fitting = [line for line in lines if len(line) <= longest]
+    if not fitting:
+        raise InputError(name, f"every line is longer than {longest:,} characters, more than fits in "
+                               f"{(seq_len or MAX_TEXT_SEQ_LEN) - 1} tokens; raise seq_len (up to {MAX_SEQ_LEN})")
+    tokenizer = TextTokenizer.train(fitting, vocab_size=vocab_size, model_type=model_type, source=name)
+    encoded = [tokenizer.encode(line) for line in fitting]
     if seq_len is None:
         lengths = sorted(len(ids) + 1 for ids in encoded)
         seq_len = min(MAX_TEXT_SEQ_LEN, lengths[min(len(lengths) - 1, int(TEXT_LENGTH_QUANTILE * len(lengths)))])
-    if not 2 <= seq_len <= MAX_SEQ_LEN:
-        raise ConfigError(f"seq_len must be within 2..{MAX_SEQ_LEN} (got {seq_len})")
     rows = [ids + [tokenizer.eos_id] + [tokenizer.pad_id] * (seq_len - 1 - len(ids))
             for ids in encoded if len(ids) < seq_len]
     notes = list(tokenizer.notes)
-    if len(rows) < len(encoded):
-        notes.append(f"{len(encoded) - len(rows):,} of {len(encoded):,} lines are longer than {seq_len - 1} "
+    if len(rows) < len(lines):
+        notes.append(f"{len(lines) - len(rows):,} of {len(lines):,} lines are longer than {seq_len - 1} "
                      f"tokens and were left out (seq_len {seq_len} includes the end token)")
     if len(rows) < 2:
         advice = "raise seq_len" if seq_len < MAX_SEQ_LEN else f"{MAX_SEQ_LEN} is the longest seq_len"

@@ -36,6 +36,7 @@ MODEL_TYPES = ("unigram", "bpe", "char")
 DEFAULT_VOCAB_SIZE = 8000  # for unigram and bpe; the char model defaults to every character
 SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}
 MIN_VOCAB_SIZE = len(SPECIAL_IDS) + 1  # the special pieces and at least one of the text's own
+MAX_PIECE_LENGTH = 16  # characters in one piece at most (SentencePiece's default, set explicitly)
 
 # A corpus is "space-separated characters" when at least this share of its tokens is one character.
 SPACED_CHARS_SHARE = 0.99
@@ -210,6 +211,7 @@ class TextTokenizer:
                 add_dummy_prefix=False,
                 remove_extra_whitespaces=False,
                 max_sentence_length=max(4192, max(len(text.encode()) for text in texts) + 1),
+                max_sentencepiece_length=MAX_PIECE_LENGTH,
                 unk_surface=_UNK_SURFACE,
                 **SPECIAL_IDS,
                 num_threads=_TRAIN_THREADS,

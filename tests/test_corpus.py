@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import math
 
 import pytest
@@ -53,6 +52,16 @@ def test_lines_longer_than_seq_len_are_left_out_with_a_note():
     corpus = text_corpus(lines, "cats", model_type="char", seq_len=40, test_fraction=0)
     assert len(corpus.train) == len(LINES) and len(corpus.heldout) == 0
     assert any("1 of 13 lines are longer than 39 tokens" in note for note in corpus.notes)
+
+
+def test_lines_too_long_for_any_sequence_are_left_out_before_the_tokenizer_trains():
+    """Three lines of 200,000 words took SentencePiece minutes, only to be left out afterwards."""
+    huge = "word " * 200_000
+    corpus = text_corpus(LINES + [huge] * 3, "cats", model_type="unigram", test_fraction=0)
+    assert len(corpus.train) == len(LINES)
+    assert any("3 of 15 lines are longer than" in note for note in corpus.notes)
+    with pytest.raises(InputError, match="every line is longer than 4,064 characters"):
+        text_corpus([huge] * 3, "huge", model_type="char")
 
 
 def test_heldout_split_is_seeded_and_keeps_groups_whole():
