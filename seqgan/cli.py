@@ -72,7 +72,9 @@ def add_config_options(parser: argparse.ArgumentParser, decided_here=(), presets
             continue
         flag = "--" + f.name.replace("_", "-")
         default = "the paper's that fit seq_len" if f.name.startswith(("d_filter", "d_num")) else defaults[f.name]
-        help_text = f"{OPTION_HELP[f.name]} ({'original' if presets else 'default'}: {default})"
+        # the original code's values, except where a run is set up, which the original did not choose
+        original = presets and f.name not in ("device", "checkpoint_seconds")
+        help_text = f"{OPTION_HELP[f.name]} ({'original' if original else 'default'}: {default})"
         if f.name.startswith(("d_filter", "d_num")):
             group.add_argument(flag, dest=f.name, type=int, nargs="+", default=None, metavar="N", help=help_text)
         else:
@@ -259,7 +261,7 @@ def cmd_train(args) -> int:
         print(f"{state}: {run.path}", flush=True)
     if dist.distributed:
         dist.exit(0)
-    return 0
+    return 1 if state == "stopped" else 0  # as the other long commands: `seqgan train ... && next` stops here
 
 
 MAX_SAMPLES = 1_000_000  # seqgan sample -n: a typo beyond this would only fill the memory

@@ -527,7 +527,7 @@ def _jobs_for_file(name: str, data: bytes) -> list[_Job]:
 
 def _decode_text(name: str, data: bytes, kind: str) -> str:
     if b"\x00" in data[:4096]:
-        raise InputError(name, f"binary data, not a {kind} text file")
+        raise InputError(name, f"binary data, not {'an' if kind[0] in 'AEIOU' else 'a'} {kind} text file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:

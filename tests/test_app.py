@@ -511,7 +511,7 @@ def test_a_run_started_in_a_terminal_is_seen_and_stopped_by_the_app(runs_dir, tm
         at = open_page("train")
         assert "state **running**" in texts(at)
         next(b for b in at.button if b.label == "Stop").click().run()
-        assert process.wait(timeout=60) == 0
+        assert process.wait(timeout=60) == 1  # stopped: exit status 1
         assert wait_for("terminal", ("stopped",)) == "stopped"
     finally:
         if process.poll() is None:

@@ -359,7 +359,7 @@ def test_ctrl_c_finishes_the_unit_and_resume_ends_with_the_weights_of_an_uninter
     stopped = tmp_path / "stopped"
     returncode, out, err = signal_at_unit(["train", "--run-dir", stopped, *TINY], stopped / "status.json", 8,
                                           signal.SIGINT)
-    assert returncode == 0 and f"stopped: {stopped}" in out, err
+    assert returncode == 1 and f"stopped: {stopped}" in out, err
     assert "SIGINT: stopping after the unit in progress" in err
     stopped_at = load_bundle(stopped / "checkpoints" / "latest.pt")["position"]["unit"]
     assert 8 <= stopped_at < TINY_UNITS and RunDir(stopped).read_status()["state"] == "stopped"

@@ -276,7 +276,7 @@ def test_humdrum_kern_is_read_and_transposed_by_its_key_signature():
 @pytest.mark.parametrize("name, data, problem", [
     ("empty.mid", b"", "the file is empty"),
     ("blank.abc", b"  \n\n", "the file is empty"),
-    ("noise.abc", bytes(range(256)) * 4, "binary data, not a ABC text file"),
+    ("noise.abc", bytes(range(256)) * 4, "binary data, not an ABC text file"),
     ("noise.mid", bytes(range(256)) * 4, "not a MIDI file"),
     ("cut.mid", midi_file((False, SCALE))[:30], "not a readable MIDI file"),
     ("silent.mid", midi_file((False, [])), "no notes"),
