@@ -12,6 +12,8 @@ A bundle is one ``torch.save`` file of plain data: tensors, numbers, strings, li
     rng          {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
     tokenizer    uint8 tensor of the tokenizer's bytes, or None
     extra        a dict of plain metadata for the task (e.g. where the oracle lives)
+    digest       a checksum of all the rest (``content_digest``), checked on loading; files saved before it
+                 existed have none
 
 Loading always uses ``weights_only=True``: a file that needs anything else is refused, so a tampered or
 foreign upload cannot run code. The same file resumes training, samples, downloads and uploads.
@@ -20,6 +22,7 @@ foreign upload cannot run code. The same file resumes training, samples, downloa
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import os
 import tempfile
@@ -52,9 +55,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def content_digest(bundle: dict) -> str:
+    """A BLAKE2b digest of everything in a bundle but its own ``digest``: every tensor's bytes, dtype and shape,
+    every other value's repr, under its key path. torch keeps a CRC of each record but never checks it on
+    loading, so without this a flipped byte inside a tensor loads silently."""
+    h = hashlib.blake2b(digest_size=20)
+
+    def add(value) -> None:
+        if isinstance(value, torch.Tensor):
+            h.update(f"tensor {value.dtype} {tuple(value.shape)};".encode())
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=repr):
+                h.update(f"key {key!r};".encode())
+                add(value[key])
+        elif isinstance(value, (list, tuple)):
+            h.update(f"list {len(value)};".encode())
+            for item in value:
+                add(item)
+        else:
+            h.update(f"{value!r};".encode())
+
+    add({key: value for key, value in bundle.items() if key != "digest"})
+    return h.hexdigest()
+
+
 def bundle_bytes(bundle: dict) -> bytes:
+    """The file's bytes, with the bundle's ``digest`` of its content (checked by ``load_bundle``)."""
     buffer = io.BytesIO()
-    torch.save(bundle, buffer)
+    torch.save({**bundle, "digest": content_digest(bundle)}, buffer)
     return buffer.getvalue()
 
 
@@ -84,6 +113,9 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
                                f"{type(exc).__name__})") from None
     if not isinstance(bundle, dict) or bundle.get("format") not in (FORMAT, *EARLIER_FORMATS):
         raise InputError(name, f"not a SeqGAN Studio checkpoint (expected format {FORMAT!r})")
+    if "digest" in bundle and bundle["digest"] != content_digest(bundle):  # bundles before digests have none
+        raise InputError(name, "the file was changed or damaged after it was saved (its content does not match "
+                               "the checksum saved with it)")
     missing = [k for k in REQUIRED_KEYS if k not in bundle]
     if missing:
         raise InputError(name, f"checkpoint is missing {', '.join(missing)}")

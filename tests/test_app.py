@@ -20,7 +20,7 @@ import torch
 
 from e2e_helpers import APP, REPO, TINY, abc_tunes, make_runs, melody_zip, poem_lines
 from seqgan import jobs, studio
-from seqgan.checkpoint import load_bundle
+from seqgan.checkpoint import bundle_bytes, load_bundle
 from seqgan.runs import RunDir
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="streamlit is not installed").AppTest
@@ -360,19 +360,20 @@ def torch_bytes(obj) -> bytes:
     ("pickled-code.pt", lambda bundle: torch_bytes({**bundle, "extra": Payload()}), "never loaded"),
     ("plain-pickle.pt", lambda bundle: pickle.dumps(bundle["config"]), "the file is damaged"),
     ("foreign.pt", lambda bundle: torch_bytes(torch.nn.Linear(2, 2).state_dict()), "expected format"),
-    ("mismatched.pt", lambda bundle: torch_bytes({**bundle, "config": {**bundle["config"], "g_hidden_dim": 9}}),
+    ("mismatched.pt", lambda bundle: bundle_bytes({**bundle, "config": {**bundle["config"], "g_hidden_dim": 9}}),
      "output.weight is [200, 8], but the configuration says [200, 9]"),
-    ("huge-vocab.pt", lambda bundle: torch_bytes({**bundle, "config": {**bundle["config"], "vocab_size": 10 ** 9}}),
+    ("huge-vocab.pt", lambda bundle: bundle_bytes({**bundle, "config": {**bundle["config"], "vocab_size": 10 ** 9}}),
      "embedding.weight is [200, 8], but the configuration says [1000000000, 8]"),
-    ("start-token.pt", lambda bundle: torch_bytes({**bundle, "config": {**bundle["config"], "start_token": 200}}),
+    ("start-token.pt", lambda bundle: bundle_bytes({**bundle, "config": {**bundle["config"], "start_token": 200}}),
      "start_token 200 is outside the vocabulary 0..199"),
-    ("nan.pt", lambda bundle: torch_bytes({**bundle, "generator": {
+    ("nan.pt", lambda bundle: bundle_bytes({**bundle, "generator": {
         **bundle["generator"], "output.bias": torch.full_like(bundle["generator"]["output.bias"], float("nan"))}}),
      "output.bias hold numbers that are not finite"),
-    ("role.pt", lambda bundle: torch_bytes({**bundle, "role": "../../etc"}), "unknown checkpoint role"),
-    ("position.pt", lambda bundle: torch_bytes({**bundle, "position": 3}), "position in the schedule"),
+    ("role.pt", lambda bundle: bundle_bytes({**bundle, "role": "../../etc"}), "unknown checkpoint role"),
+    ("position.pt", lambda bundle: bundle_bytes({**bundle, "position": 3}), "position in the schedule"),
+    ("edited.pt", lambda bundle: torch_bytes({**bundle, "role": "mle"}), "changed or damaged after it was saved"),
 ], ids=["empty", "noise", "pickled-code", "plain-pickle", "foreign", "mismatched", "huge-vocab", "start-token", "nan",
-        "role", "position"])
+        "role", "position", "edited"])
 def test_checkpoint_uploads_that_are_not_ours_get_a_clear_error(runs_dir, demo_runs, name, make, problem):
     bundle = load_bundle(demo_runs / "poems" / "checkpoints" / "seqgan.pt")
     at = open_page("checkpoints")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seqgan.checkpoint import load_bundle
+from seqgan.checkpoint import bundle_bytes, load_bundle
 from seqgan.cli import main
 from seqgan.metrics import bleu
 from seqgan.models import Generator
@@ -107,7 +107,10 @@ def test_bad_paths_and_values_are_one_line_errors(token_run, tmp_path, capsys):
     a_file.write_text("x")
     (tmp_path / "negative.txt").write_text("1 2 3\n4 -5 6\n")
     bundle = load_bundle(checkpoint)
-    torch.save({**bundle, "tokenizer": "words"}, tmp_path / "odd-tokenizer.pt")
+    (tmp_path / "odd-tokenizer.pt").write_bytes(bundle_bytes({**bundle, "tokenizer": "words"}))
+    data = checkpoint.read_bytes()  # one byte flipped inside the generator's output bias (torch does not notice)
+    at = data.index(bundle["generator"]["output.bias"].numpy().tobytes()) + 1
+    (tmp_path / "flipped.pt").write_bytes(data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:])
     for argv, problem in [
         (["export", "--run-dir", root / "run", "--out", a_file], "not a folder"),
         (["train", "--run-dir", a_file / "run", "--data", root / "data.txt"], str(a_file)),
@@ -117,6 +120,7 @@ def test_bad_paths_and_values_are_one_line_errors(token_run, tmp_path, capsys):
         (["sample", "--checkpoint", checkpoint, "--prefix", " ".join(["1"] * 6)], "more than the model's length 5"),
         (["sample", "--checkpoint", checkpoint, "-n", "100000000"], "-n must be at most 1,000,000"),
         (["sample", "--checkpoint", tmp_path / "odd-tokenizer.pt"], "is not what SeqGAN Studio writes"),
+        (["sample", "--checkpoint", tmp_path / "flipped.pt"], "changed or damaged after it was saved"),
         (["oracle", "nll", "--params", checkpoint, root / "data.txt"], "not oracle parameters"),
     ]:
         status, _, err = run_cli(capsys, *argv)
