@@ -154,8 +154,9 @@ def begin_run(args, run) -> tuple:
         write_token_file(tokens[order[n_test:]], run.path / "train.txt")
         write_token_file(tokens[order[:n_test]], run.path / "heldout.txt")
     else:
-        write_task(oracle or random_oracle(config.seed, config.vocab_size), run.path, args.num_train,
-                   config.seq_len, config.seed)
+        if oracle is None:
+            oracle = random_oracle(config.seed, config.vocab_size)
+        write_task(oracle, run.path, args.num_train, config.seq_len, config.seed)
     run.write_json(run.config, {"config": config.to_dict(), "task": task})
     return config, task
 

@@ -327,7 +327,6 @@ def parse_int_list(text: str, name: str) -> list[int]:
 def training_args(choice: CorpusChoice, options: dict, *, tokenizer_model: str | None = None) -> list[str]:
     """``seqgan train`` arguments for a corpus and option values (None = decided by the corpus)."""
     from .text import MIN_VOCAB_SIZE
-    from .train import UPPER_LIMITS
 
     args = ["--corpus", choice.source] if choice.kind != "oracle" else []
     if choice.kind == "text" and tokenizer_model:
@@ -347,7 +346,7 @@ def training_args(choice: CorpusChoice, options: dict, *, tokenizer_model: str |
         vocab_size = probe.pop("vocab_size", None)
         if choice.kind == "text" and vocab_size is not None and vocab_size < MIN_VOCAB_SIZE:
             raise ConfigError(f"vocab_size must be at least {MIN_VOCAB_SIZE} for a text corpus (got {vocab_size})")
-        probe.setdefault("seq_len", UPPER_LIMITS["seq_len"])
+        probe.setdefault("seq_len", MAX_SEQ_LEN)
         probe["start_token"] = 0
     TrainConfig(**probe).validate()
     return args
