@@ -324,8 +324,13 @@ def read_lines(path: str) -> list[list[str]]:
 def cmd_bleu(args) -> int:
     from .metrics import BleuScorer
 
+    hyps = read_lines(args.hyps)
+    longest = max(len(h) for h in hyps)
+    if args.n > longest:
+        raise ConfigError(f"-n {args.n}: the longest line of {args.hyps} has {longest} tokens, so it has no "
+                          f"{args.n}-grams to compare")
     scorer = BleuScorer(read_lines(args.refs), max_n=args.n)
-    print(f"{scorer.corpus(read_lines(args.hyps), args.n):.6f}")
+    print(f"{scorer.corpus(hyps, args.n):.6f}")
     return 0
 
 

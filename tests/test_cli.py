@@ -246,6 +246,10 @@ def test_bleu_prints_seqgan_metrics_bleu_last(tmp_path, capsys):
     assert 0 < expected < 1 and float(lines[-1]) == pytest.approx(expected, abs=1e-6)
     status, _, err = run_cli(capsys, "bleu", "--refs", tmp_path / "nope.txt", "--hyps", tmp_path / "hyps.txt")
     assert_error(status, err, "nope.txt")
+    longest = max(len(h) for h in hyps)
+    status, _, err = run_cli(capsys, "bleu", "--refs", tmp_path / "refs.txt", "--hyps", tmp_path / "hyps.txt",
+                             "-n", longest + 1)
+    assert_error(status, err, f"has {longest} tokens, so it has no {longest + 1}-grams")
 
 
 # ----- bad options ---------------------------------------------------------------------------------------------
