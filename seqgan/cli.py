@@ -103,6 +103,9 @@ def corpus_progress(quiet: bool):
     return show
 
 
+NUM_TRAIN, TEST_FRACTION = 10_000, 0.1  # seqgan train's defaults for a new run's data
+
+
 def begin_run(args, run) -> tuple:
     """A new run: its config from the options and the data source (a corpus, a token-id file or an oracle), and
     the data written into the run directory, which every later attempt trains from. Returns (config, task)."""
@@ -113,15 +116,17 @@ def begin_run(args, run) -> tuple:
     if run.config.exists():
         raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
     overrides = config_overrides(args)
-    if not 0 <= args.test_fraction < 1:
-        raise ConfigError(f"--test-fraction must be within [0, 1) (got {args.test_fraction})")
-    if not (args.corpus or args.data) and args.num_train < 1:
-        raise ConfigError(f"--num-train must be at least 1 (got {args.num_train})")
+    test_fraction = TEST_FRACTION if args.test_fraction is None else args.test_fraction
+    num_train = NUM_TRAIN if args.num_train is None else args.num_train
+    if not 0 <= test_fraction < 1:
+        raise ConfigError(f"--test-fraction must be within [0, 1) (got {test_fraction})")
+    if not (args.corpus or args.data) and num_train < 1:
+        raise ConfigError(f"--num-train must be at least 1 (got {num_train})")
     corpus = None
     if args.corpus:
         corpus = load_corpus(args.corpus, args.corpus_kind, vocab_size=overrides.pop("vocab_size", None),
                              model_type=args.tokenizer_model, seq_len=overrides.pop("seq_len", None),
-                             test_fraction=args.test_fraction, seed=overrides.get("seed", 0),
+                             test_fraction=test_fraction, seed=overrides.get("seed", 0),
                              progress=corpus_progress(args.quiet))
         overrides.update(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token)
         task = {"kind": corpus.kind, "source": str(args.corpus), "corpus": corpus.summary()}
@@ -131,7 +136,7 @@ def begin_run(args, run) -> tuple:
         overrides.setdefault("vocab_size", int(tokens.max()) + 1)
         task = {"kind": "tokens", "source": str(args.data)}
     else:
-        task = {"kind": "oracle", "oracle_params": args.oracle_params, "num_train": args.num_train}
+        task = {"kind": "oracle", "oracle_params": args.oracle_params, "num_train": num_train}
         oracle = load_oracle(args.oracle_params) if args.oracle_params else None
         if oracle is not None:  # the paper's oracle decides the vocabulary, as a corpus does
             if overrides.setdefault("vocab_size", oracle.vocab_size) != oracle.vocab_size:
@@ -150,13 +155,13 @@ def begin_run(args, run) -> tuple:
         corpus.write(run.path)
     elif args.data:
         order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(config.seed))
-        n_test = int(len(tokens) * args.test_fraction)
+        n_test = int(len(tokens) * test_fraction)
         write_token_file(tokens[order[n_test:]], run.path / "train.txt")
         write_token_file(tokens[order[:n_test]], run.path / "heldout.txt")
     else:
         if oracle is None:
             oracle = random_oracle(config.seed, config.vocab_size)
-        write_task(oracle, run.path, args.num_train, config.seq_len, config.seed)
+        write_task(oracle, run.path, num_train, config.seq_len, config.seed)
     run.write_json(run.config, {"config": config.to_dict(), "task": task})
     return config, task
 
@@ -168,7 +173,10 @@ def check_resume_alone(args, run) -> None:
 
     given = sorted({f"--{name.replace('_', '-')}" for name in config_overrides(args) if name != "device"}
                    | {flag for flag, value in (("--corpus", args.corpus), ("--data", args.data),
-                                               ("--oracle-params", args.oracle_params)) if value})
+                                               ("--oracle-params", args.oracle_params), ("--num-train", args.num_train),
+                                               ("--test-fraction", args.test_fraction),
+                                               ("--corpus-kind", args.corpus_kind),
+                                               ("--tokenizer-model", args.tokenizer_model)) if value is not None})
     if given:
         raise ConfigError(f"--resume continues {run.path} with the settings in its config.json; {', '.join(given)} "
                           f"would change them (start a new run for other settings; --device may change)")
@@ -493,9 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "or builtin:poems / builtin:melodies")
     source.add_argument("--data", help="token-id file: one sequence a line, ids separated by spaces")
     source.add_argument("--oracle-params", help="synthetic task with this oracle (.pkl of the paper or .pt)")
-    train.add_argument("--num-train", type=int, default=10_000, help="oracle samples to train on")
-    train.add_argument("--test-fraction", type=float, default=0.1,
-                       help="held out of --corpus/--data for NLL-test and BLEU references")
+    train.add_argument("--num-train", type=int, help=f"oracle samples to train on (default {NUM_TRAIN:,})")
+    train.add_argument("--test-fraction", type=float,
+                       help=f"held out of --corpus/--data for NLL-test and BLEU references (default {TEST_FRACTION})")
     train.add_argument("--corpus-kind", choices=["text", "music"], help="default: guessed from the file names")
     train.add_argument("--tokenizer-model", choices=["unigram", "bpe", "char"],
                        help="SentencePiece model for text (default: char for space-separated characters, "

@@ -424,8 +424,9 @@ def test_resume_refuses_what_is_not_this_runs_to_continue(tmp_path, capsys, rest
     assert_error(status, err, "cannot continue training")
     latest.write_bytes(own)
     # options that would change the saved settings
-    status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume", "--mle-epochs", "50", "--seed", "1")
-    assert_error(status, err, "--mle-epochs, --seed would change them")
+    status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume", "--mle-epochs", "50", "--seed", "1",
+                             "--num-train", "5")
+    assert_error(status, err, "--mle-epochs, --num-train, --seed would change them")
     status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume", "--device", "cpu")
     assert status == 0, err
 
