@@ -16,14 +16,14 @@ if not sources:
 
 labels = dict(sources)
 ids = list(labels)
-linked = st.query_params.get("run")
+earlier = [st.query_params.get("run"), st.session_state.get("compare_run")]  # a link; this session's last pick
 left, right = st.columns(2)
 first = ui.sticky_select(left, "Run or checkpoint", ids, key="compare-first", format_func=labels.get,
                          sent=st.session_state.pop("compare_source", None),
-                         fallback=linked if linked in ids else studio.default_compare_source(sources))
+                         fallback=next((i for i in earlier if i in ids), studio.default_compare_source(sources)))
 second = ui.sticky_select(right, "Second run or checkpoint (optional)", [""] + [i for i in ids if i != first],
                           key="compare-second", format_func=lambda i: labels[i] if i else "(none)")
-st.query_params["run"] = first
+st.query_params["run"] = st.session_state["compare_run"] = first  # kept across pages, as the widget's state is not
 
 refs, models = [], []
 with ui.reported(first):

@@ -191,7 +191,8 @@ def generator_from_bundle(bundle: dict, name: str = "checkpoint"):
         raise InputError(name, f"start_token {start} is outside the vocabulary 0..{vocab - 1}")
     broken = [key for key, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if broken:
-        raise InputError(name, f"the generator's {', '.join(broken)} hold numbers that are not finite (nan or inf)")
+        raise InputError(name, f"the generator's {', '.join(broken)} {'holds' if len(broken) == 1 else 'hold'} "
+                               f"numbers that are not finite (nan or inf)")
     generator = Generator(vocab, emb, hidden, start)
     try:
         generator.load_state_dict(weights)

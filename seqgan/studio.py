@@ -383,7 +383,11 @@ def stop_training(run_id: str, force: bool = False) -> None:
 
 
 def resume_training(run_id: str, threads: int | None = None) -> None:
+    """Continue a stopped run from latest.pt, or without one start it again (its earlier events go at once, so
+    the page does not show the old attempt's progress while the job prepares)."""
     info = _user_run(run_id)
+    if not info.run.checkpoint("latest").is_file():
+        info.run.truncate_events(-1)
     job = jobs.read_job(info.run) or {}
     device = "cpu" if job.get("device") == "cpu" else "auto"  # a GPU run continues on any free GPU
     jobs.start(info.run, threads=threads or job.get("threads", default_threads()), device=device, resume=True)
@@ -520,13 +524,13 @@ def run_progress(info: RunInfo) -> RunProgress:
     done = max([e["unit"] + 1 for e in events if e.get("unit", -1) >= 0], default=0)
     if info.state.state == "finished":
         done = units
-    if not units:  # the job has not written its configuration yet
-        phase, step, phase_total = "starting", 0, 0
+    if not units:  # the job has not written its configuration (yet, or ever: stopped or failed before it)
+        phase, step, phase_total = "starting" if info.state.active else "not started", 0, 0
     elif done >= units:
         phase, step, phase_total = "done", 0, 0
     else:
         phase, step, phase_total = schedule[done][0], schedule[done][1], 0
-    if phase not in ("done", "starting"):
+    if phase not in ("done", "starting", "not started"):
         phase_total = sum(1 for p, _ in schedule if p == phase)
     seconds: dict[str, list[float]] = {}
     for e in events:
@@ -550,6 +554,8 @@ def progress_line(progress: RunProgress) -> str:
     """The progress bar's text: the phase, the step in it, the unit of the schedule and the time left."""
     if progress.phase == "starting":
         return "starting: reading the data and setting up the schedule"
+    if progress.phase == "not started":
+        return "not started: the job ended before it had read its data (delete the run and start a new one)"
     if progress.phase == "done":
         return f"done: {progress.units} units in {format_seconds(progress.elapsed)}"
     return (f"{PHASE_LABELS.get(progress.phase, progress.phase)}: {progress.step}/{progress.phase_total} · "

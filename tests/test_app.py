@@ -230,7 +230,9 @@ def test_train_page_starts_stops_and_resumes_a_real_job(runs_dir):
     next(b for b in at.button if b.label == "Yes, delete").click().run()
     at = open_page("train", run=run_id)
     assert not any(b.label == "Resume" for b in at.button)
+    assert max(e["unit"] for e in stopped.events()) > 0
     next(b for b in at.button if b.label == "Start again").click().run()
+    assert not [e for e in stopped.events() if e["unit"] > 0]  # the old attempt's progress is gone at once
     assert wait_for(run_id, ("running",)) == "running"
     studio.stop_training(run_id)
     assert wait_for(run_id, ("stopped",)) == "stopped"
@@ -368,7 +370,7 @@ def torch_bytes(obj) -> bytes:
      "start_token 200 is outside the vocabulary 0..199"),
     ("nan.pt", lambda bundle: bundle_bytes({**bundle, "generator": {
         **bundle["generator"], "output.bias": torch.full_like(bundle["generator"]["output.bias"], float("nan"))}}),
-     "output.bias hold numbers that are not finite"),
+     "output.bias holds numbers that are not finite"),
     ("role.pt", lambda bundle: bundle_bytes({**bundle, "role": "../../etc"}), "unknown checkpoint role"),
     ("position.pt", lambda bundle: bundle_bytes({**bundle, "position": 3}), "position in the schedule"),
     ("edited.pt", lambda bundle: torch_bytes({**bundle, "role": "mle"}), "changed or damaged after it was saved"),
@@ -447,6 +449,9 @@ def test_every_pick_in_the_page_selectors_takes_effect(runs_dir, demo_runs):
     picks_hold(at, "Checkpoint", [ids[1], ids[2], ids[3], ids[0], ids[2]], downloads)
     at = open_page("compare")
     picks_hold(at, "Run or checkpoint", [users[0], "demo:poems", users[1], "demo:melodies", users[0]])
+    at.switch_page("app_pages/train.py").run()
+    at.switch_page("app_pages/compare.py").run()
+    assert next(b for b in at.selectbox if b.label == "Run or checkpoint").value == users[0]  # back from a page
     at = open_page("train")
     picks_hold(at, "Watch run", [users[1], users[0], users[1], users[0]])
 
@@ -491,12 +496,24 @@ def test_progress_estimates_the_time_left_from_measured_units(runs_dir, demo_run
     assert studio.progress_line(progress).startswith("MLE pre-training of the generator: 1/2 · unit 1 of 5")
 
 
-def test_a_run_that_has_not_written_its_configuration_is_starting_not_done(runs_dir):
+def test_a_run_that_has_not_written_its_configuration_is_starting_or_not_started_and_can_be_deleted(runs_dir):
     run = RunDir(runs_dir / "new").create()
-    run.write_json(run.job, {"pid": 2 ** 22 + 7, "started": 1.0, "command": []})
-    progress = studio.run_progress(studio.get_run("new"))
-    assert progress.phase == "starting" and progress.fraction == 0.0
-    assert studio.progress_line(progress).startswith("starting:")
+    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(run.path)])  # names the run
+    try:
+        run.write_json(run.job, {"pid": job.pid, "started": 1.0, "command": []})
+        progress = studio.run_progress(studio.get_run("new"))
+        assert progress.phase == "starting" and progress.fraction == 0.0
+        assert studio.progress_line(progress).startswith("starting:")
+    finally:
+        job.kill()
+        job.wait()
+    progress = studio.run_progress(studio.get_run("new"))  # it ended before it read its data
+    assert studio.progress_line(progress).startswith("not started:")
+    at = open_page("train", run="new")
+    assert not any(b.label in ("Resume", "Start again") for b in at.button)
+    next(b for b in at.button if b.label == "Delete run…").click().run()
+    next(b for b in at.button if b.label == "Yes, delete").click().run()
+    assert not (runs_dir / "new").exists()
 
 
 def test_a_run_started_in_a_terminal_is_seen_and_stopped_by_the_app(runs_dir, tmp_path):
