@@ -194,6 +194,12 @@ def generator_from_bundle(bundle: dict, name: str = "checkpoint"):
         raise InputError(name, f"the generator's {', '.join(broken)} {'holds' if len(broken) == 1 else 'hold'} "
                                f"numbers that are not finite (nan or inf)")
     generator = Generator(vocab, emb, hidden, start)
+    expected = set(generator.state_dict())
+    if set(weights) != expected:
+        odd, lacking = sorted(set(weights) - expected), sorted(expected - set(weights))
+        parts = ([f"unexpected {', '.join(odd)[:120]}"] if odd else []) + \
+                ([f"missing {', '.join(lacking)}"] if lacking else [])
+        raise InputError(name, f"the generator's weights are not the model's: {'; '.join(parts)}")
     try:
         generator.load_state_dict(weights)
     except RuntimeError as exc:

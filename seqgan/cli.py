@@ -608,6 +608,14 @@ def main(argv=None) -> int:
     except ValueError as exc:  # bad values that reached a library check
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if not (isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate" in text):
+            raise  # a bug: its traceback helps more than a line
+        print(f"error: out of memory ({text.strip().splitlines()[0][:160] if text.strip() else 'MemoryError'}); "
+              f"smaller sizes (--batch-size, --rollouts, --eval-samples, --num-negatives, -n) need less",
+              file=sys.stderr)
+        return 2
     except OSError as exc:  # a path that cannot be written or read: a file where a folder should be, no space ...
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)

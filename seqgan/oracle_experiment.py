@@ -244,9 +244,18 @@ def write_report(out_dir: str | Path, seeds: list[int]) -> dict:
     """Table 1 (markdown + JSON) and Figure 2 from the seeds' run directories (seeds may run in parallel)."""
     out_dir = Path(out_dir)
     for seed in seeds:
-        if not (out_dir / f"seed{seed}" / "seed.json").is_file():
-            raise InputError(out_dir / f"seed{seed}", f"no runs of seed {seed} here (`seqgan oracle run --seeds "
-                                                      f"{seed} --out {out_dir}` makes them)")
+        seed_dir = out_dir / f"seed{seed}"
+        make = f"`seqgan oracle run --seeds {seed} --out {out_dir}` makes and finishes them"
+        try:
+            models = json.loads((seed_dir / "seed.json").read_text())["models"]
+        except OSError:
+            raise InputError(seed_dir, f"seed {seed} has not finished here ({make})") from None
+        except (ValueError, KeyError, TypeError):
+            raise InputError(seed_dir / "seed.json", "not what `seqgan oracle run` writes") from None
+        for model in ["SeqGAN"] + [m for m in ("PG-BLEU", "SS") if m in models]:  # Random and MLE: the SeqGAN run's
+            if not RunDir(seed_dir / RUN_DIRS[model]).finished():
+                raise InputError(seed_dir / RUN_DIRS[model], f"the {model} run of seed {seed} has not finished "
+                                                             f"({make})")
     summaries = [seed_summary(out_dir / f"seed{seed}") for seed in seeds]
     preset = summaries[0]["preset"]
     table = summarize(summaries)

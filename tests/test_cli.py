@@ -151,7 +151,8 @@ def test_oracle_parameters_that_are_not_finite_are_refused(tmp_path, capsys):
 
 def test_reports_of_runs_that_are_not_there_name_the_missing_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    for argv, problem in [(["oracle", "table", "--out", tmp_path / "none", "--seeds", "1"], "no runs of seed 1"),
+    for argv, problem in [(["oracle", "table", "--out", tmp_path / "none", "--seeds", "1"],
+                           "seed 1 has not finished here"),
                           (["study", "stability", "--report-only", "--out", tmp_path / "empty", "--seeds", "1"],
                            "no finished run here"),
                           (["study", "lengths", "--report-only", "--out", tmp_path / "empty", "--seeds", "1"],
@@ -159,6 +160,24 @@ def test_reports_of_runs_that_are_not_there_name_the_missing_folder(tmp_path, ca
         status, _, err = run_cli(capsys, *argv)
         assert_error(status, err, problem)
     assert not list((tmp_path / "empty").iterdir())
+
+
+def test_running_out_of_memory_is_a_one_line_error_and_other_runtime_errors_are_not_hidden(monkeypatch, capsys):
+    import seqgan.cli
+
+    def allocation_fails(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 26214400000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(seqgan.cli, "cmd_bleu", allocation_fails)
+    status, _, err = run_cli(capsys, "bleu", "--refs", "r", "--hyps", "h")
+    assert_error(status, err, "out of memory", "smaller sizes (--batch-size")
+    monkeypatch.setattr(seqgan.cli, "cmd_bleu", lambda args: [][1])
+    with pytest.raises(IndexError):
+        main(["bleu", "--refs", "r", "--hyps", "h"])
+    monkeypatch.setattr(seqgan.cli, "cmd_bleu", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["bleu", "--refs", "r", "--hyps", "h"])
 
 
 # ----- seqgan sample -------------------------------------------------------------------------------------------
@@ -479,6 +498,9 @@ def test_sigterm_stops_an_experiment_after_the_unit_and_the_same_command_continu
     stopped_at = load_bundle(out / "seed1" / "seqgan" / "checkpoints" / "latest.pt")["position"]["unit"]
     assert 3 <= stopped_at < 32 and json.loads(status_file.read_text())["state"] == "stopped"
     assert not (out / "table1.md").exists()
+    status, _, err = run_cli(capsys, "oracle", "table", "--out", out, "--seeds", "1")  # no table of a half run
+    assert_error(status, err, "seed 1 has not finished here")
+    assert not (out / "table1.md").exists()
 
     status, lines, err = run_cli(capsys, "oracle", "run", *TINY_ORACLE, "--out", out)
     assert status == 0, err
@@ -486,6 +508,11 @@ def test_sigterm_stops_an_experiment_after_the_unit_and_the_same_command_continu
     events = RunDir(out / "seed1" / "seqgan").events()
     assert [e["unit"] for e in events] == list(range(-1, 32))  # none twice, none missing
     assert (out / "table1.md").exists()
+    finished = status_file.read_text()
+    status_file.write_text(json.dumps({**json.loads(finished), "state": "stopped"}))
+    status, _, err = run_cli(capsys, "oracle", "table", "--out", out, "--seeds", "1")
+    assert_error(status, err, "the SeqGAN run of seed 1 has not finished")
+    status_file.write_text(finished)
     # the in-process command gave this process its signal handlers back
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not STOP.is_set()
 
