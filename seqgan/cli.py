@@ -441,9 +441,9 @@ def cmd_export(args) -> int:
 
 # ----- seqgan experiment ----------------------------------------------------------------------------------
 def cmd_experiment(args) -> int:
-    from .realdata import TASKS, run_experiment
+    from .realdata import paper_corpus, run_experiment
 
-    source = args.corpus or TASKS[args.task]["corpus"]
+    source = args.corpus or str(paper_corpus(args.task))
     if not Path(source).exists():
         raise SeqGANError(f"{source}: the paper's corpus is not there; pass --corpus PATH")
     overrides, device, out = experiment_settings(args, f"results/{args.task}-{args.preset}")
@@ -561,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("task", choices=sorted(TASKS))
     experiment.add_argument("--preset", choices=sorted(REAL_PRESETS), default="cpu")
     experiment.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed (default 1)")
-    experiment.add_argument("--corpus", help="default: the paper's corpus in ../shared/corpora")
+    experiment.add_argument("--corpus", help="default: the paper's corpus in ../shared/corpora (beside the "
+                                                  "working directory or this checkout)")
     experiment.add_argument("--out", help="output folder (default results/TASK-PRESET)")
     add_config_options(experiment, DECIDED_BY_EXPERIMENTS, presets=True)
     experiment.set_defaults(func=cmd_experiment)

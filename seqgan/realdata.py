@@ -35,6 +35,16 @@ TASKS = {
     "music": {"corpus": "../shared/corpora/nottingham/midi-melody", "main": "bleu4",
               "paper": {"MLE": {"bleu4": 0.921, "mse": 22.38}, "SeqGAN": {"bleu4": 0.941, "mse": 20.62}}},
 }
+
+
+def paper_corpus(task: str) -> Path:
+    """Where the paper's corpus of ``task`` is: ``../shared/corpora/...`` beside the working directory, else
+    beside this checkout (so the default holds from any folder); the first of the two when neither has it."""
+    relative = Path(TASKS[task]["corpus"])
+    checkout = Path(__file__).resolve().parent.parent
+    return next((p for p in (relative, checkout / relative) if p.exists()), relative)
+
+
 PRESETS = {
     "paper": {"poems": dict(final_samples=10_000), "music": dict(final_samples=10_000)},
     "demo": {
@@ -80,7 +90,7 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
     if not run.config.exists():
         if STOP.is_set():
             raise Stopped(f"{out_dir} not started; the same command run again starts it")
-        source = corpus_source or TASKS[task]["corpus"]
+        source = corpus_source or paper_corpus(task)
         corpus = load_corpus(source, "text" if task == "poems" else "music", seed=0)  # one split for all seeds
         config = TrainConfig(vocab_size=corpus.vocab_size, seq_len=corpus.seq_len, start_token=corpus.start_token,
                              seed=seed, device=device, **resolve_d_scale(settings, corpus.seq_len)).validate()

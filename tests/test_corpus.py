@@ -306,3 +306,11 @@ def test_an_interrupted_experiment_seed_resumes_with_the_same_command(tmp_path):
     with pytest.raises(ConfigError, match=r"seed1 holds a run with other settings \(adv_iters\)"):
         (out / "seed1" / "final.json").unlink()
         run_experiment("poems", "demo", [1], out, str(corpus_file), "cpu", log=print, **{**settings, "adv_iters": 4})
+
+
+def test_the_paper_corpora_are_found_from_any_working_directory(tmp_path, monkeypatch):
+    from seqgan.realdata import paper_corpus
+
+    poems = require_shared("corpora", "chinese-quatrains-shi.txt")
+    monkeypatch.chdir(tmp_path)  # ../shared is not beside this folder: the checkout's is found
+    assert paper_corpus("poems").resolve() == poems.resolve()
