@@ -26,6 +26,7 @@ import hashlib
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -104,7 +105,9 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
             raise InputError(name, "no such checkpoint file")
         stream = source
     try:
-        bundle = torch.load(stream, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign file's pickle protocol; the error says enough
+            warnings.simplefilter("ignore", UserWarning)
+            bundle = torch.load(stream, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
         if "unsupported global" in str(exc).lower():  # torch's words for a pickled object it will not build
             raise InputError(name, "not a SeqGAN Studio checkpoint: the file holds Python objects besides tensors "
@@ -127,7 +130,8 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
         raise InputError(name, f"unknown checkpoint role {str(bundle.get('role'))[:40]!r} (expected one of "
                                f"{', '.join(ROLES)})")
     position = bundle.get("position", {})
-    if not (isinstance(position, dict) and all(isinstance(position.get(k, 0), int) for k in ("unit", "total"))):
+    unit, total = (position.get(k, 0) for k in ("unit", "total")) if isinstance(position, dict) else (None, None)
+    if not (isinstance(unit, int) and isinstance(total, int) and 0 <= unit <= total):
         raise InputError(name, "the checkpoint's position in the schedule is not what SeqGAN Studio writes")
     return upgraded(bundle, name)
 

@@ -373,9 +373,11 @@ def torch_bytes(obj) -> bytes:
      "output.bias holds numbers that are not finite"),
     ("role.pt", lambda bundle: bundle_bytes({**bundle, "role": "../../etc"}), "unknown checkpoint role"),
     ("position.pt", lambda bundle: bundle_bytes({**bundle, "position": 3}), "position in the schedule"),
+    ("unit.pt", lambda bundle: bundle_bytes({**bundle, "position": {"unit": -4, "total": 5}}),
+     "position in the schedule"),
     ("edited.pt", lambda bundle: torch_bytes({**bundle, "role": "mle"}), "changed or damaged after it was saved"),
 ], ids=["empty", "noise", "pickled-code", "plain-pickle", "foreign", "mismatched", "huge-vocab", "start-token", "nan",
-        "role", "position", "edited"])
+        "role", "position", "unit", "edited"])
 def test_checkpoint_uploads_that_are_not_ours_get_a_clear_error(runs_dir, demo_runs, name, make, problem):
     bundle = load_bundle(demo_runs / "poems" / "checkpoints" / "seqgan.pt")
     at = open_page("checkpoints")

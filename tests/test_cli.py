@@ -180,6 +180,18 @@ def test_running_out_of_memory_is_a_one_line_error_and_other_runtime_errors_are_
         main(["bleu", "--refs", "r", "--hyps", "h"])
 
 
+def test_a_plain_pickle_as_checkpoint_gives_one_line_without_torchs_warning(tmp_path):
+    """Outside pytest (which captures warnings) torch printed a two-line UserWarning about the pickle protocol."""
+    import pickle
+
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"format": "seqgan-studio/2"}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "seqgan", "sample", "--checkpoint", str(tmp_path / "raw.pt")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "not a SeqGAN Studio checkpoint or the file is damaged" in done.stderr
+
+
 # ----- seqgan sample -------------------------------------------------------------------------------------------
 def test_sample_prints_reproducible_sequences_from_the_checkpoint(token_run, capsys):
     root, _ = token_run
