@@ -122,8 +122,9 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
     missing = [k for k in REQUIRED_KEYS if k not in bundle]
     if missing:
         raise InputError(name, f"checkpoint is missing {', '.join(missing)}")
-    tokenizer = bundle.get("tokenizer")
-    if not (isinstance(bundle["config"], dict) and isinstance(bundle["generator"], dict)
+    tokenizer, generator = bundle.get("tokenizer"), bundle["generator"]
+    if not (isinstance(bundle["config"], dict) and isinstance(generator, dict)
+            and all(isinstance(t, torch.Tensor) for t in generator.values())
             and (tokenizer is None or (isinstance(tokenizer, torch.Tensor) and tokenizer.dtype == torch.uint8))):
         raise InputError(name, "its config, generator or tokenizer is not what SeqGAN Studio writes")
     if bundle.get("role", "latest") not in ROLES:
@@ -178,10 +179,7 @@ def generator_from_bundle(bundle: dict, name: str = "checkpoint"):
     the vocabulary, and every weight finite. Any problem is an ``InputError`` naming ``name``."""
     from .models import Generator
 
-    weights, c = bundle.get("generator"), bundle.get("config")
-    if not (isinstance(weights, dict) and isinstance(c, dict)
-            and all(isinstance(t, torch.Tensor) for t in weights.values())):
-        raise InputError(name, "the generator or the configuration is not what SeqGAN Studio writes")
+    weights, c = bundle["generator"], bundle["config"]  # a dict of tensors and a dict (``load_bundle`` checks)
     try:
         vocab, emb, hidden, start = (int(c[k]) for k in ("vocab_size", "g_emb_dim", "g_hidden_dim", "start_token"))
     except (KeyError, TypeError, ValueError):

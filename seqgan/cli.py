@@ -279,10 +279,9 @@ MAX_SAMPLES = 1_000_000  # seqgan sample -n: a typo beyond this would only fill 
 def cmd_sample(args) -> int:
     """Token ids, one sequence a line; decoded text for text checkpoints; MIDI files for melodies (--midi)."""
     from .checkpoint import generator_from_bundle, load_bundle, tokenizer_bytes
-    from .corpus import MAX_SEQ_LEN, tokenizer_from_bytes
+    from .corpus import checkpoint_seq_len, tokenizer_from_bytes
 
     bundle = load_bundle(args.checkpoint)
-    c = bundle["config"]
     generator = generator_from_bundle(bundle, args.checkpoint)
     data = tokenizer_bytes(bundle)
     tokenizer = tokenizer_from_bytes(data, args.checkpoint) if data else None
@@ -291,9 +290,7 @@ def cmd_sample(args) -> int:
         prefix = torch.tensor([int(x) for x in args.prefix.split()], dtype=torch.long) if args.prefix else None
     except ValueError:
         raise ConfigError(f"--prefix must be token ids separated by spaces (got {args.prefix!r})") from None
-    seq_len = int(c["seq_len"])
-    if not 1 <= seq_len <= MAX_SEQ_LEN:
-        raise InputError(args.checkpoint, f"the checkpoint's seq_len {seq_len} is out of range")
+    seq_len = checkpoint_seq_len(bundle, args.checkpoint)
     if prefix is not None and len(prefix) > seq_len:
         raise ConfigError(f"--prefix has {len(prefix)} ids, more than the model's length {seq_len}")
     if args.num > MAX_SAMPLES:

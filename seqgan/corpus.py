@@ -74,6 +74,17 @@ def write_token_file(tokens: torch.Tensor, path: str | Path) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def checkpoint_seq_len(bundle: dict, name: str) -> int:
+    """The sequence length a checkpoint's generator samples, checked (an upload may have been edited)."""
+    try:
+        seq_len = int(bundle["config"]["seq_len"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(name, "the checkpoint's configuration has no usable seq_len") from None
+    if not 1 <= seq_len <= MAX_SEQ_LEN:
+        raise InputError(name, f"the checkpoint's seq_len {seq_len} is out of range")
+    return seq_len
+
+
 # ----- tokenizers --------------------------------------------------------------------------------------------
 def tokenizer_from_bytes(data: bytes, source: str = "tokenizer"):
     """The text or melody tokenizer serialised in ``data`` (as stored in checkpoints and run directories)."""

@@ -323,7 +323,7 @@ def write_stability_report(out_dir: str | Path, preset: str, seeds: list[int], v
     out_dir = Path(out_dir)
     for seed in seeds:
         for run in ["mle", *variants]:
-            folder = Path(out_dir) / f"L{PAPER_SEQ_LEN}" / f"seed{seed}" / run
+            folder = out_dir / f"L{PAPER_SEQ_LEN}" / f"seed{seed}" / run
             if not RunDir(folder).finished():
                 raise InputError(folder, f"no finished run here: the report needs every variant of every seed "
                                          f"(`seqgan study stability --seeds {seed} --out {out_dir}` makes them)")

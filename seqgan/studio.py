@@ -197,7 +197,7 @@ def inspect_corpus(source, *, vocab_size: int | None = None, model_type: str | N
     if not len(corpus.heldout):
         notes.append(f"Nothing is held out: with so few {unit}, training will measure no NLL-test, BLEU or "
                      f"diversity. More {unit} give a held-out share.")
-    batch = TrainConfig().batch_size
+    batch = TrainConfig.batch_size  # the default
     if len(corpus.train) < batch:
         notes.append(f"Only {len(corpus.train):,} training sequences, fewer than one batch of {batch}: the "
                      f"generator will learn little from them.")
@@ -685,16 +685,11 @@ def _load_model(path: str, mtime_ns: int, size: int) -> Model:
 def model_from_bundle(bundle: dict, name: str, path: Path | None = None) -> Model:
     """Build the generator and tokenizer a bundle describes; any mismatch is an InputError naming ``name``."""
     from .checkpoint import generator_from_bundle
-    from .corpus import tokenizer_from_bytes
+    from .corpus import checkpoint_seq_len, tokenizer_from_bytes
 
     generator = generator_from_bundle(bundle, name)
     c = bundle["config"]
-    try:
-        seq_len = int(c["seq_len"])
-    except (KeyError, TypeError, ValueError):
-        raise InputError(name, "the checkpoint's configuration has no usable seq_len") from None
-    if not 1 <= seq_len <= MAX_SEQ_LEN:
-        raise InputError(name, f"the checkpoint's seq_len {seq_len} is out of range")
+    checkpoint_seq_len(bundle, name)  # checked here: Compare samples at this length
     data = tokenizer_bytes(bundle)
     tokenizer = tokenizer_from_bytes(data, name) if data else None
     kind = str(bundle.get("kind", "tokens"))
