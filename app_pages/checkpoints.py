@@ -57,18 +57,11 @@ else:
 pending = st.session_state.get("confirm_delete")
 if pending:
     what, target = pending
-    with st.container(border=True):
-        loses = "" if what == "run" else studio.deletion_loses(target)
-        st.warning(f"Delete {'the run' if what == 'run' else 'the checkpoint'} **{target}**? {loses} "
-                   "This cannot be undone.", icon=":material/warning:")
-        yes, no = st.columns(2)
-        if yes.button("Yes, delete", type="primary", key="confirm-yes"):
-            st.session_state.pop("confirm_delete")
-            with ui.reported(target):
-                studio.delete_run(target) if what == "run" else studio.delete_checkpoint(target)
-                st.session_state.pop("checkpoint", None)
-                st.toast(f"Deleted {target}.")
-                st.rerun()
-        if no.button("Cancel", key="confirm-no"):
-            st.session_state.pop("confirm_delete")
-            st.rerun()
+
+    def delete() -> None:
+        studio.delete_run(target) if what == "run" else studio.delete_checkpoint(target)
+        st.session_state.pop("checkpoint", None)
+
+    loses = "" if what == "run" else studio.deletion_loses(target)
+    ui.confirm_deletion("confirm_delete", target,
+                        f"Delete {'the run' if what == 'run' else 'the checkpoint'} **{target}**? {loses}", delete)

@@ -148,19 +148,8 @@ def monitor(run_id: str, was_active: bool) -> None:
     if not state.active and buttons.button("Delete run…", icon=":material/delete_forever:", key="delete-run"):
         st.session_state["confirm_delete_run"] = info.id
     if st.session_state.get("confirm_delete_run") == info.id:
-        with st.container(border=True):
-            st.warning(f"Delete the run **{info.id}** with its checkpoints? This cannot be undone.",
-                       icon=":material/warning:")
-            yes, no = st.columns(2)
-            if yes.button("Yes, delete", type="primary", key="delete-run-yes"):
-                st.session_state.pop("confirm_delete_run")
-                with ui.reported(info.id):
-                    studio.delete_run(info.id)
-                    st.toast(f"Deleted {info.id}.")
-                    st.rerun()
-            if no.button("Cancel", key="delete-run-no"):
-                st.session_state.pop("confirm_delete_run")
-                st.rerun(scope="fragment")
+        ui.confirm_deletion("confirm_delete_run", info.id, f"Delete the run **{info.id}** with its checkpoints?",
+                            lambda: studio.delete_run(info.id), cancel_scope="fragment")
 
     frames = studio.metric_frames(info)
     numbers = st.container(horizontal=True)

@@ -83,3 +83,20 @@ def sticky_select(container, label: str, options: list, *, key: str, sent=None, 
     elif st.session_state.get(key) not in options:
         st.session_state[key] = fallback if fallback in options else options[0]
     return container.selectbox(label, options, key=key, **kwargs)
+
+
+def confirm_deletion(request_key: str, target: str, message: str, delete, cancel_scope: str = "app") -> None:
+    """The warning that asks to confirm a deletion requested under ``request_key`` in the session state: "Yes,
+    delete" calls ``delete()`` and redraws the page, "Cancel" drops the request and redraws ``cancel_scope``."""
+    with st.container(border=True):
+        st.warning(f"{message} This cannot be undone.", icon=":material/warning:")
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete", type="primary", key=f"{request_key}-yes"):
+            st.session_state.pop(request_key)
+            with reported(target):
+                delete()
+                st.toast(f"Deleted {target}.")
+                st.rerun()
+        if no.button("Cancel", key=f"{request_key}-no"):
+            st.session_state.pop(request_key)
+            st.rerun(scope=cancel_scope)
