@@ -413,12 +413,19 @@ def test_ctrl_c_finishes_the_unit_and_resume_ends_with_the_weights_of_an_uninter
     assert without_times(RunDir(stopped).events()) == without_times(RunDir(tmp_path / "whole").events())
 
 
+def tiny_with(**changes) -> list[str]:
+    """TINY with some options' values changed."""
+    argv = list(TINY)
+    for name, value in changes.items():
+        argv[argv.index(f"--{name.replace('_', '-')}") + 1] = str(value)
+    return argv
+
+
 def test_resume_without_latest_starts_again_and_keeps_one_copy_of_each_event(tmp_path, capsys, restore_sigterm):
     """latest.pt deleted (or never written): --resume says so and trains from the beginning, and the earlier
     attempt's events go (else every curve would hold them twice)."""
     run = tmp_path / "run"
-    tiny = [*TINY[:TINY.index("--adv-iters")], "--adv-iters", "2", *TINY[TINY.index("--adv-iters") + 2:]]
-    status, _, err = run_cli(capsys, "train", "--run-dir", run, *tiny)
+    status, _, err = run_cli(capsys, "train", "--run-dir", run, *tiny_with(adv_iters=2))
     assert status == 0, err
     (run / "checkpoints" / "latest.pt").unlink()
     status, lines, err = run_cli(capsys, "train", "--run-dir", run, "--resume")
@@ -426,14 +433,6 @@ def test_resume_without_latest_starts_again_and_keeps_one_copy_of_each_event(tmp
     assert f"{run / 'checkpoints' / 'latest.pt'} does not exist: the run starts again from the beginning" in lines
     assert [e["unit"] for e in RunDir(run).events()] == list(range(-1, 3 + 2 + 2))
     assert (run / "checkpoints" / "latest.pt").exists() and RunDir(run).read_status()["state"] == "finished"
-
-
-def tiny_with(**changes) -> list[str]:
-    """TINY with some options' values changed."""
-    argv = list(TINY)
-    for name, value in changes.items():
-        argv[argv.index(f"--{name.replace('_', '-')}") + 1] = str(value)
-    return argv
 
 
 def test_resume_refuses_what_is_not_this_runs_to_continue(tmp_path, capsys, restore_sigterm):
