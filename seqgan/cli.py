@@ -22,7 +22,7 @@ from .errors import ConfigError, InputError, SeqGANError, Stopped
 
 
 def set_threads(threads: int | None) -> None:
-    """Torch's intra-op threads. Default 1 on a CPU: on small machines, 2 threads measured up to 14x slower
+    """Torch's intra-op threads. Default 1 on a CPU: on small machines, 2 threads measured up to 3x slower
     than 1 when the other core was busy (see BENCHMARKS.md). Set --threads or SEQGAN_THREADS to change it."""
     if threads is None:
         value = os.environ.get("SEQGAN_THREADS", "1")
@@ -213,6 +213,9 @@ def cmd_train(args) -> int:
         dist.barrier()
 
     device = dist.device if dist.distributed else resolve_device(config.device)
+    if args.resume and not (run.path / "train.txt").is_file():
+        raise InputError(run.path, "has no train.txt, the data it trains on: an exported run samples but cannot "
+                                   "continue training")
     train = read_token_file(run.path / "train.txt", config.vocab_size)
     heldout_path = run.path / "heldout.txt"
     heldout = read_token_file(heldout_path, config.vocab_size).to(device) if heldout_path.stat().st_size else None

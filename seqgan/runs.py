@@ -2,7 +2,7 @@
 
     runs/<id>/
         config.json      everything needed to rerun (written once, atomically)
-        status.json      state, phase, step, total, device(s), pid, times (rewritten atomically)
+        status.json      state, unit, units, phase, step, device(s), pid, times (rewritten atomically)
         metrics.jsonl    one event per line (the trainer's callback events, appended)
         checkpoints/     latest.pt, mle.pt (the MLE baseline), seqgan.pt (end of adversarial training)
         samples/         generated sequences at evaluation points

@@ -77,7 +77,7 @@ CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS
 # What each TrainConfig field means, for the command line's --help and the app's option boxes.
 OPTION_HELP = {
     "vocab_size": "token ids 0..vocab_size-1 (a corpus decides it; for text, the SentencePiece vocabulary)",
-    "seq_len": "tokens per sequence (a corpus decides it unless given)",
+    "seq_len": "tokens per sequence (a corpus decides it unless given; for the oracle task, its samples' length)",
     "start_token": "the generator's first input (the original: 0, also an ordinary token)",
     "g_emb_dim": "generator embedding size",
     "g_hidden_dim": "generator LSTM size",

@@ -452,6 +452,8 @@ def test_resume_refuses_what_is_not_this_runs_to_continue(tmp_path, capsys, rest
     latest.write_bytes((tmp_path / "slim" / "checkpoints" / "seqgan.pt").read_bytes())
     status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume")
     assert_error(status, err, "cannot continue training")
+    status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "slim", "--resume")  # the exported folder
+    assert_error(status, err, "an exported run samples but cannot continue training")
     latest.write_bytes(own)
     # options that would change the saved settings
     status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume", "--mle-epochs", "50", "--seed", "1",

@@ -85,6 +85,11 @@ def test_both_paper_pickles_hold_the_same_oracle(shared_dir):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_the_paper_oracle_is_recognised_in_tables(paper_oracle_params):
+    from seqgan.oracle_experiment import PAPER_ORACLE_SHA256, oracle_digest
+    assert oracle_digest(load_oracle(paper_oracle_params)) == PAPER_ORACLE_SHA256
+
+
 def test_save_and_load_oracle_round_trip(tmp_path, paper_oracle_params):
     oracle = load_oracle(paper_oracle_params)
     path = tmp_path / "oracle.pt"
@@ -227,6 +232,7 @@ def test_oracle_experiment_writes_table1_and_figure2(tiny_experiment):
     for model in MODELS:
         o, t = table[model]["nll_oracle"]["mean"], table[model]["nll_test"]["mean"]
         assert f"| {model} | {o:.3f} | {t:.3f} |" in markdown  # one seed: no spread to show
+    assert "a random oracle per seed, not the paper's" in markdown and "paper NLL-oracle (its oracle)" in markdown
     png = (out / "figure2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
 
