@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from .kernels import bf16_autocast
-from .models import Generator, inverse_cdf
+from .models import Generator, draw_from_probs
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]  # [M, T] token ids -> [M] rewards
 
@@ -41,11 +41,9 @@ def batched_rollout(generator: Generator, sequences: torch.Tensor, num_rollouts:
     generated = torch.empty(rows, max(P, 1), dtype=torch.long, device=sequences.device)
 
     # Step 0: token t of every prefix-t continuation comes from the teacher-forced logits already computed.
-    # One cumulative sum per (prefix, sequence) serves its N draws.
-    cdf = torch.softmax(logits[:, 1:].transpose(0, 1), dim=-1)  # [P, B, V]
-    cdf = torch.cumsum(cdf, dim=-1, out=cdf)
-    u = torch.rand(P, B, N, device=cdf.device, dtype=cdf.dtype, generator=generator_rng)
-    first = inverse_cdf(cdf, u)  # [P, B, N]
+    # One softmax and one set of block sums per (prefix, sequence) serve its N draws.
+    probs = torch.softmax(logits[:, 1:].transpose(0, 1), dim=-1)  # [P, B, V]
+    first = draw_from_probs(probs.view(P * B, -1), N, generator_rng).view(P, B, N)
     generated[:, 0] = first.permute(0, 2, 1).reshape(rows)
 
     def expand_state(s):  # [T, B, H] -> [1, P*N*B, H] for prefixes 1..T-1

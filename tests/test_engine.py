@@ -146,6 +146,25 @@ def test_sample_from_logits_across_blocks_of_the_two_level_sampler():
         assert chi_square_z(counts[possible], exact[r][possible]) < Z_MAX, (r, counts, exact[r])
 
 
+def test_draw_from_probs_draws_each_row_many_times_from_its_distribution():
+    """The rollout's first step: N draws per row sharing the row's block sums, across blocks as above."""
+    from seqgan.models import SAMPLER_BLOCK, draw_from_probs
+
+    vocab, draws = 2 * SAMPLER_BLOCK + 22, 30_000
+    logits = torch.randn(4, vocab, generator=seeded(9))
+    logits[1, :SAMPLER_BLOCK] = -math.inf
+    logits[2, :2 * SAMPLER_BLOCK] = -math.inf
+    logits[3, 5] = 12.0
+    exact = torch.softmax(logits.double(), dim=-1)
+    tokens = draw_from_probs(torch.softmax(logits, dim=-1), draws, generator=seeded(10))
+    assert tokens.shape == (4, draws) and tokens.dtype == torch.long
+    for r in range(len(logits)):
+        counts = torch.bincount(tokens[r], minlength=vocab).double()
+        assert len(counts) == vocab and counts[torch.isinf(logits[r])].sum() == 0
+        possible = exact[r] > 0
+        assert chi_square_z(counts[possible], exact[r][possible]) < Z_MAX, (r, counts, exact[r])
+
+
 def test_sample_from_logits_uses_only_the_given_generator():
     logits = torch.randn(500, 12, generator=seeded(3))
     torch.manual_seed(0)
