@@ -43,7 +43,7 @@ def batched_rollout(generator: Generator, sequences: torch.Tensor, num_rollouts:
     # Step 0: token t of every prefix-t continuation comes from the teacher-forced logits already computed.
     # One softmax and one set of block sums per (prefix, sequence) serve its N draws.
     probs = torch.softmax(logits[:, 1:].transpose(0, 1), dim=-1)  # [P, B, V]
-    first = draw_from_probs(probs.view(P * B, -1), N, generator_rng).view(P, B, N)
+    first = draw_from_probs(probs.reshape(P * B, -1), N, generator_rng).view(P, B, N)
     generated[:, 0] = first.permute(0, 2, 1).reshape(rows)
 
     def expand_state(s):  # [T, B, H] -> [1, P*N*B, H] for prefixes 1..T-1
