@@ -650,11 +650,15 @@ class Trainer:
         sd = (global_sum(centred.pow(2).sum(dim=0)) / self.config.batch_size).sqrt()
         return centred / torch.where(sd > 1e-6, sd, 1.0)  # a step without spread (all equal) stays at 0
 
-    def adversarial_iteration(self) -> dict:
+    def adversarial_iteration(self, evaluate_as: str | None = None) -> dict:
+        """The generator's steps, then (``evaluate_as``: the evaluation's name) the evaluation, as the original
+        evaluates there, so its discriminator scores are of the D that gave these steps' rewards; then D's rounds."""
         c = self.config
         event = {}
         for _ in range(c.g_steps):
             event.update(self.generator_pg_step())
+        if evaluate_as is not None:
+            event.update(self.evaluate(evaluate_as, adversarial=True))
         if c.reward == "discriminator":
             for _ in range(c.d_steps):
                 event.update(self.discriminator_round())
@@ -710,16 +714,18 @@ class Trainer:
         while self.unit < len(self.schedule):
             phase, index = self.schedule[self.unit]
             started = time.perf_counter()
+            total = self.phase_units[phase]
+            last_of_phase = index == total - 1
+            evaluation = f"{phase}-{index + 1:04d}" \
+                if phase != "d_pretrain" and (index % c.eval_every == 0 or last_of_phase) else None
             if phase == "mle":
                 event = self.mle_epoch(index)
             elif phase == "d_pretrain":
                 event = self.discriminator_round()
             else:
-                event = self.adversarial_iteration()
-            total = self.phase_units[phase]
-            last_of_phase = index == total - 1
-            if phase != "d_pretrain" and (index % c.eval_every == 0 or last_of_phase):
-                event.update(self.evaluate(f"{phase}-{index + 1:04d}", adversarial=phase == "adversarial"))
+                event = self.adversarial_iteration(evaluation)
+            if evaluation is not None and phase == "mle":
+                event.update(self.evaluate(evaluation))
             self.unit += 1
             self.emit({"unit": self.unit - 1, "phase": phase, "step": index + 1, "total": total,
                        "seconds": time.perf_counter() - started, **event})

@@ -573,11 +573,16 @@ def test_adversarial_evaluations_score_held_out_data_with_the_discriminator(tmp_
                                                          for e in scored_events])
     assert state_equal(plain.generator.state_dict(), scored.generator.state_dict())
     assert state_equal(plain.discriminator.state_dict(), scored.discriminator.state_dict())
-    # The last evaluation follows the last discriminator round: the final D gives the same means.
-    last, D = scored_events[-1], scored.discriminator.eval()
+    # As in the original, an adversarial evaluation comes after the generator's step and before the iteration's
+    # discriminator rounds: its scores are those of the D that one iteration fewer ends with, not the final D.
+    shorter = Trainer(tiny_config(adv_iters=config.adv_iters - 1), train, heldout=heldout)
+    assert shorter.run() == "finished"
+    last, before, after = scored_events[-1], shorter.discriminator.eval(), scored.discriminator.eval()
     with torch.no_grad():
-        assert last["d_train_real"] == pytest.approx(float(D.prob_real(train[:len(heldout)]).mean()), abs=1e-6)
-        assert last["d_heldout_real"] == pytest.approx(float(D.prob_real(heldout).mean()), abs=1e-6)
+        for D, match in ((before, True), (after, False)):
+            assert (last["d_train_real"] == pytest.approx(float(D.prob_real(train[:len(heldout)]).mean()),
+                                                          abs=1e-6)) == match
+            assert (last["d_heldout_real"] == pytest.approx(float(D.prob_real(heldout).mean()), abs=1e-6)) == match
     with pytest.raises(ConfigError, match="held-out data must be"):
         Trainer(config, train, heldout=heldout[:, :3])
     with pytest.raises(ConfigError, match="held-out data has token ids outside"):
