@@ -155,16 +155,34 @@ class Corpus:
 
 
 def split_heldout(groups: list[list[list[int]]], test_fraction: float, seed: int):
-    """Shuffle groups (lines, or the windows of one tune) and hold out about ``test_fraction`` of the sequences."""
+    """Shuffle groups (lines, or the windows of one tune) and hold out about ``test_fraction`` of the sequences,
+    whole groups at a time: a group is held out when that brings the held-out count nearer the target (so one
+    long tune cannot take far more than asked), and the training part is never left empty."""
     if not 0 <= test_fraction < 1:
         raise ConfigError(f"test_fraction must be within [0, 1) (got {test_fraction})")
     order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
     total = sum(len(g) for g in groups)
     wanted = math.ceil(total * test_fraction) if test_fraction > 0 and len(groups) > 1 else 0
-    heldout, train = [], []
+    held, kept = [], []
+    count = 0
     for index in order:
-        (heldout if len(heldout) < wanted else train).extend(groups[index])
-    return train, heldout
+        if wanted and abs(count + len(groups[index]) - wanted) <= abs(count - wanted):
+            held.append(index)
+            count += len(groups[index])
+        else:
+            kept.append(index)
+    if not kept and held:  # everything went to the held-out side: the last group trains instead
+        kept.append(held.pop())
+    return [row for i in kept for row in groups[i]], [row for i in held for row in groups[i]]
+
+
+def heldout_note(corpus_kind: str, heldout_rows: int, test_fraction: float) -> list[str]:
+    """What a corpus's notes say when it holds nothing out although a share was asked for."""
+    if heldout_rows or test_fraction == 0:
+        return []
+    unit = "tunes" if corpus_kind == "music" else "lines"
+    return [f"Nothing is held out: with so few {unit}, training will measure no NLL-test, BLEU or diversity. "
+            f"More {unit} give a held-out share."]
 
 
 def _tensor(rows: list[list[int]], seq_len: int) -> torch.Tensor:
@@ -201,6 +219,7 @@ def text_corpus(lines: list[str], name: str, *, vocab_size: int | None = None, m
         advice = "raise seq_len" if seq_len < MAX_SEQ_LEN else f"{MAX_SEQ_LEN} is the longest seq_len"
         raise InputError(name, f"fewer than two lines fit in {seq_len - 1} tokens; {advice}")
     train, heldout = split_heldout([[row] for row in rows], test_fraction, seed)
+    notes += heldout_note("text", len(heldout), test_fraction)
     return Corpus("text", name, tokenizer, _tensor(train, seq_len), _tensor(heldout, seq_len), notes)
 
 
@@ -227,7 +246,7 @@ def music_corpus(melodies, name: str, *, problems=(), steps: int = 32, test_frac
     train, heldout = split_heldout(groups, test_fraction, seed)
     windows = len(train) + len(heldout)
     notes = [f"{len(groups):,} tune{'s' * (len(groups) != 1)}, {windows:,} window{'s' * (windows != 1)} of {steps} "
-             f"sixteenth-note steps"]
+             f"sixteenth-note steps"] + heldout_note("music", len(heldout), test_fraction)
     return Corpus("music", name, tokenizer, _tensor(train, steps), _tensor(heldout, steps), notes, list(problems))
 
 

@@ -461,7 +461,8 @@ def _source_files(source, max_bytes: int) -> Iterable[tuple[str, bytes]]:
     path = Path(source)
     if path.is_dir():
         suffixes = MUSIC_SUFFIXES + ZIP_SUFFIXES
-        for member in sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)):
+        for member in sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)
+                             and not p.name.startswith(".")):  # as in zips: ._x.mid is macOS's, not a tune
             yield str(member), _read_path(member, max_bytes)
     elif path.is_file():
         yield str(path), _read_path(path, max_bytes)

@@ -160,7 +160,23 @@ def upload_source(files: list[tuple[str, bytes]]):
     if len(files) == 1:
         guess_kind(files[0])  # names an unknown suffix
         return files[0]
-    return list(files)
+    # in the order training will read them from the saved folder, so that the held-out tunes are the same
+    return [file for _, file in stored_names(files)]
+
+
+def stored_names(files: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes]]]:
+    """Each uploaded file with the name it is kept under in ``runs/corpora/`` (made safe, and unique: two uploads
+    may share a name), sorted by that name, as a saved folder is read."""
+    used, named = set(), []
+    for name, data in sorted(files, key=lambda f: (f[0], hashlib.sha256(f[1]).digest())):
+        stored = _slug(Path(name).name, 100)
+        stem, dot, suffix = stored.rpartition(".") if "." in stored else (stored, "", "")
+        number = 2
+        while stored.lower() in used:  # lower: a case-insensitive disk would merge Tune.mid and tune.mid
+            stored, number = f"{stem}-{number}{dot}{suffix}", number + 1
+        used.add(stored.lower())
+        named.append((stored, (name, data)))
+    return sorted(named, key=lambda pair: pair[0])
 
 
 def inspect_corpus(source, *, vocab_size: int | None = None, model_type: str | None = None,
@@ -193,10 +209,6 @@ def inspect_corpus(source, *, vocab_size: int | None = None, model_type: str | N
     histogram = {i: int(counts[i]) for i in range(used[0], used[-1] + 1)} if used else {}
     picked = corpus.train[: max(0, examples)].tolist()
     notes = list(corpus.notes)
-    unit = "tunes" if corpus.kind == "music" else "lines"
-    if not len(corpus.heldout):
-        notes.append(f"Nothing is held out: with so few {unit}, training will measure no NLL-test, BLEU or "
-                     f"diversity. More {unit} give a held-out share.")
     batch = TrainConfig.batch_size  # the default
     if len(corpus.train) < batch:
         notes.append(f"Only {len(corpus.train):,} training sequences, fewer than one batch of {batch}: the "
@@ -216,9 +228,9 @@ def save_corpus_files(files: list[tuple[str, bytes]]) -> CorpusChoice:
     for name, data in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     folder = corpora_root() / f"{_slug(Path(files[0][0]).stem, 30)}-{digest.hexdigest()[:8]}"
-    for name, data in files:
-        target = folder / _slug(Path(name).name, 100)
-        if not target.exists():
+    for stored, (_, data) in stored_names(files):
+        target = folder / stored
+        if not target.exists():  # the same upload saved before
             atomic_write_bytes(target, data)
     return _saved_corpus(folder)
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,6 +158,19 @@ def test_upload_names_keep_their_letters(runs_dir):
     assert choice.label.endswith("ünïcode-name-1.txt"), choice.label
     assert studio.save_corpus_files([("唐诗 三百首.txt", poem_lines(20))]).label.endswith("唐诗-三百首.txt")
     assert studio.save_corpus_files([("../../x.txt", poem_lines(20))]).source.startswith(str(runs_dir / "corpora"))
+
+
+def test_uploads_that_share_a_name_are_all_kept_and_read_as_the_preview_read_them(runs_dir):
+    from seqgan.corpus import load_corpus
+
+    files = [("tune.abc", abc_tunes(2)), ("tune-1.abc", abc_tunes(3)), ("tune (1).abc", abc_tunes(1)),
+             ("tune.abc", abc_tunes(4))]
+    choice = studio.save_corpus_files(files)
+    kept = sorted(p.name for p in Path(choice.source).iterdir())
+    assert kept == ["tune-1-2.abc", "tune-1.abc", "tune-2.abc", "tune.abc"], kept
+    preview, saved = load_corpus(studio.upload_source(files)), load_corpus(choice.source)
+    assert torch.equal(preview.train, saved.train) and torch.equal(preview.heldout, saved.heldout)
+    assert studio.save_corpus_files(list(reversed(files))).source == choice.source  # the same upload: one copy
 
 
 def test_data_page_lists_bad_melody_files_and_plays_the_good_ones(runs_dir):

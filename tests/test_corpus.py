@@ -68,9 +68,18 @@ def test_heldout_split_is_seeded_and_keeps_groups_whole():
     groups = [[[g, i] for i in range(g + 1)] for g in range(10)]  # group g has g + 1 sequences
     train, heldout = split_heldout(groups, 0.2, seed=5)
     assert split_heldout(groups, 0.2, seed=5) == (train, heldout)
-    assert len(train) + len(heldout) == 55 and len(heldout) >= math.ceil(55 * 0.2)
+    assert len(train) + len(heldout) == 55 and abs(len(heldout) - math.ceil(55 * 0.2)) <= 5  # half a group
     held_groups = {g for g, _ in heldout}
     assert not held_groups & {g for g, _ in train}
+
+
+def test_one_long_tune_is_not_held_out_for_a_tenth_and_training_is_never_empty():
+    short, long = [[0, i] for i in range(8)], [[1, i] for i in range(1000)]
+    for seed in range(6):  # whichever comes first, the long tune trains and the short one is held out
+        assert split_heldout([short, long], 0.1, seed) == (long, short)
+        train, heldout = split_heldout([short[:5], long[:5]], 0.9, seed)  # asked for nearly everything
+        assert len(train) == 5 and len(heldout) == 5
+    assert split_heldout([[[i]] for i in range(30)], 0.1, seed=2)[1].__len__() == 3  # lines: exactly the share
 
 
 def test_quatrains_become_25_character_sequences_that_decode_to_the_poems():
