@@ -23,10 +23,11 @@ Canonical form (what reading produces, and what ``canonical_events`` turns any e
     attack (two notes), not a continuation. On canonical sequences tokens -> MIDI -> tokens is the identity.
 
 From a score or MIDI file to events
-    * Which notes: one melody per tune. Of a score, the parts are tried top staff first; of a MIDI file, the
-      instruments in file order. Drum parts (MIDI channel 10, unpitched percussion) are never used. The first
-      part that has a melody line is taken; a part in which every onset is a chord of three or more pitches
-      has none ("no melody line: every note is part of a chord"). Two-note double stops (a tune in thirds)
+    * Which notes: one melody per tune. Drum parts (MIDI channel 10, unpitched percussion) are never used,
+      nor a part in which every onset is a chord of three or more pitches ("no melody line: every note is
+      part of a chord"). Of a score, the first other part from the top staff is taken; of a MIDI file, whose
+      tracks come in no meaningful order (a bass track often precedes the tune), the part with the highest
+      mean pitch. Two-note double stops (a tune in thirds)
       are a melody: their top notes are taken.
     * Chords and overlaps: of the notes starting on one step, the highest wins (chords -> top note). A later
       note ends the sounding one, except a lower note that starts and ends while a higher note is held: that
@@ -580,7 +581,7 @@ def _read_midi(name: str, data: bytes, *, transpose: bool, steps_per_quarter: in
         notes = [(n.pitch, quarters(n.start), quarters(n.end)) for n in track.notes]
         parts.append(_PartNotes(notes, bar_lines, major_tonic))
     return _melody_from_parts(name, parts, has_drums=drums > 0, transpose=transpose,
-                              steps_per_quarter=steps_per_quarter)
+                              steps_per_quarter=steps_per_quarter, highest_part=True)
 
 
 def _split_abc(name: str, text: str) -> list[tuple[str, str]]:
@@ -801,8 +802,9 @@ def _merge_ties(notes: list[tuple]) -> list[tuple[int, Fraction, Fraction]]:
 # ---------------------------------------------------------------------------------------------------------
 
 def _melody_from_parts(name: str, parts: list[_PartNotes], *, has_drums: bool, transpose: bool,
-                       steps_per_quarter: int) -> Melody:
-    """The first part with a melody line, quantised, made monophonic and transposed (see module doc)."""
+                       steps_per_quarter: int, highest_part: bool = False) -> Melody:
+    """The first part with a melody line (``highest_part``: the one with the highest mean pitch), quantised,
+    made monophonic and transposed (see module doc)."""
     quantised = [(part, _quantise(part.notes, steps_per_quarter)) for part in parts]
     quantised = [(part, notes) for part, notes in quantised if notes]
     if not quantised:
@@ -811,7 +813,10 @@ def _melody_from_parts(name: str, parts: list[_PartNotes], *, has_drums: bool, t
     melodic = [(part, notes) for part, notes in quantised if not _every_onset_is_chord(notes)]
     if not melodic:
         raise InputError(name, "no melody line: every note is part of a chord")
-    part, notes = melodic[0]
+    if highest_part:
+        part, notes = max(melodic, key=lambda pair: sum(p for p, _, _ in pair[1]) / len(pair[1]))  # ties: first
+    else:
+        part, notes = melodic[0]
     events = _events_from_line(_melody_line(notes))
     bar_starts = sorted({0} | {_round_half_up(b * steps_per_quarter) for b in part.bar_lines})
     bar_starts = [b for b in bar_starts if 0 <= b < len(events)]

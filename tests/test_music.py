@@ -188,6 +188,14 @@ def test_drum_tracks_are_ignored():
     assert melody.events == SCALE_EVENTS
 
 
+def test_of_a_midi_file_s_tracks_the_highest_melody_line_is_the_tune():
+    bass = [(36 + step, i, i + 1) for i, step in enumerate([0, 7, 5, 7, 0, 7, 5, 7])]
+    drums = [(36, i, i + 0.5) for i in range(8)]
+    band = midi_file((True, drums), (False, bass), (False, SCALE))  # the bass track comes first
+    assert read_one("band.mid", band, transpose=False).events == SCALE_EVENTS
+    assert read_one("bass.mid", midi_file((False, bass)), transpose=False).events[0] == 36  # alone, it is read
+
+
 def test_block_chord_part_is_skipped_for_a_melody_part():
     triads = [(p, i * 2, i * 2 + 2) for i in range(4) for p in (48, 52, 55)]
     melody = read_one("song.mid", midi_file((False, triads), (False, SCALE)), transpose=False)
