@@ -938,6 +938,8 @@ def _pretty_midi(events, tempo_bpm, steps_per_quarter, program, velocity) -> pre
         if not 0 <= pitch <= 127:
             raise InputError("melody events", f"pitch {pitch} is outside MIDI's 0..127")
         track.notes.append(pretty_midi.Note(velocity, pitch, start * seconds_per_step, end * seconds_per_step))
+    if events:  # a controller event (sustain off) at the end: the file lasts the whole melody, trailing rests too
+        track.control_changes.append(pretty_midi.ControlChange(64, 0, len(events) * seconds_per_step))
     midi.instruments.append(track)
     return midi
 

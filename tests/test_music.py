@@ -188,6 +188,14 @@ def test_drum_tracks_are_ignored():
     assert melody.events == SCALE_EVENTS
 
 
+def test_a_melody_s_midi_file_lasts_the_whole_melody_with_its_trailing_rests():
+    import mido
+
+    for events in ([60, H, H, H, R] + [H] * 27, [R] + [H] * 31):  # 32 sixteenths at 120 bpm: 4 seconds
+        assert mido.MidiFile(file=io.BytesIO(events_to_midi(events))).length == pytest.approx(4.0, abs=0.01)
+    assert read_one("x.mid", events_to_midi([60, H, H, H, R] + [H] * 27), transpose=False).events == [60, H, H, H]
+
+
 def test_of_a_midi_file_s_tracks_the_highest_melody_line_is_the_tune():
     bass = [(36 + step, i, i + 1) for i, step in enumerate([0, 7, 5, 7, 0, 7, 5, 7])]
     drums = [(36, i, i + 0.5) for i in range(8)]
