@@ -235,18 +235,29 @@ def read_text_source(source) -> tuple[list[str], str]:
 
 def music_corpus(melodies, name: str, *, problems=(), steps: int = 32, test_fraction: float = 0.1,
                  seed: int = 0) -> Corpus:
-    """Cut melodies into windows of ``steps`` events; held-out windows come from held-out tunes."""
+    """Cut melodies into windows of ``steps`` events; held-out windows come from held-out tunes. A tune whose
+    windows are those of an earlier one (the same file twice, e.g. in two folders) is left out, or it could be
+    held out and trained on at once."""
     from .music import MelodyTokenizer
 
     tokenizer = MelodyTokenizer(steps=steps)
-    groups = [tokenizer.encode_melodies([melody]) for melody in melodies]
-    groups = [g for g in groups if g]
+    groups, seen, duplicates = [], set(), 0
+    for melody in melodies:
+        windows = tokenizer.encode_melodies([melody])
+        key = tuple(map(tuple, windows))
+        if key in seen:
+            duplicates += 1
+        elif windows:
+            seen.add(key)
+            groups.append(windows)
     if sum(len(g) for g in groups) < 2:
         raise InputError(name, f"has fewer than two windows of {steps} steps with notes; nothing to train on")
     train, heldout = split_heldout(groups, test_fraction, seed)
     windows = len(train) + len(heldout)
     notes = [f"{len(groups):,} tune{'s' * (len(groups) != 1)}, {windows:,} window{'s' * (windows != 1)} of {steps} "
              f"sixteenth-note steps"] + heldout_note("music", len(heldout), test_fraction)
+    if duplicates:
+        notes.append(f"{duplicates:,} tune{'s' * (duplicates != 1)} identical to an earlier one left out")
     return Corpus("music", name, tokenizer, _tensor(train, steps), _tensor(heldout, steps), notes, list(problems))
 
 

@@ -94,12 +94,27 @@ def test_quatrains_become_25_character_sequences_that_decode_to_the_poems():
 
 # ----- melodies --------------------------------------------------------------------------------------------
 def test_music_windows_of_a_tune_stay_on_one_side_of_the_split():
-    uploads = [melody_file(f"tune{i}.mid", [60 + i, 62 + i, 64 + i, 65 + i] * 8) for i in range(6)]
+    patterns = [[60, 62, 64, 65], [60, 64, 67, 72], [67, 65, 64, 62], [72, 71, 69, 67], [64, 64, 65, 67],
+                [60, 67, 64, 67]]
+    uploads = [melody_file(f"tune{i}.mid", pattern * 8) for i, pattern in enumerate(patterns)]
     corpus = load_corpus(uploads, test_fraction=0.3, seed=1)
     assert corpus.kind == "music" and corpus.seq_len == 32 and corpus.vocab_size == 39
-    # each tune is 32 quarters = 4 windows; its first pitch (after transposition to C) identifies it
+    # each tune is 32 quarters = 4 windows
     assert len(corpus.train) + len(corpus.heldout) == 24 and len(corpus.heldout) == 8
+    train, heldout = {tuple(r) for r in corpus.train.tolist()}, {tuple(r) for r in corpus.heldout.tolist()}
+    assert not train & heldout
     assert corpus.start_token == 0  # REST
+
+
+def test_a_tune_given_twice_is_read_once():
+    """The same file in two folders, or the same tune in another key (both train as the same windows), would be
+    held out and trained on at once."""
+    tune, other = [60, 62, 64, 65] * 8, [67, 65, 64, 62] * 8
+    uploads = [melody_file("a/tune.mid", tune), melody_file("b/tune.mid", tune),
+               melody_file("up.mid", [p + 2 for p in tune]), melody_file("other.mid", other)]
+    corpus = load_corpus(uploads)
+    assert len(corpus.train) + len(corpus.heldout) == 8  # two tunes of four windows
+    assert "2 tunes identical to an earlier one left out" in corpus.notes
 
 
 def test_a_batch_with_a_corrupt_midi_file_imports_the_rest_and_names_the_bad_one():
