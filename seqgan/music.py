@@ -563,6 +563,8 @@ def _read_midi(name: str, data: bytes, *, transpose: bool, steps_per_quarter: in
             midi = pretty_midi.PrettyMIDI(io.BytesIO(data))
             downbeats = midi.get_downbeats()
     except Exception as exc:  # pretty_midi/mido raise many types on damaged files
+        if isinstance(exc, ValueError) and "empty sequence" in str(exc):  # pretty_midi's max() over no events
+            raise InputError(name, "holds no MIDI events (a header without tracks, or empty tracks)") from None
         raise InputError(name, f"not a readable MIDI file, it may be damaged ({_first_line(exc)})") from None
 
     def quarters(seconds: float) -> Fraction:

@@ -80,6 +80,9 @@ def read_text_lines(
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise InputError(source, "is UTF-16 text; re-save it as UTF-8")
     if b"\x00" in data:
+        half = len(data) // 2  # ASCII in UTF-16: every other byte is 0
+        if half >= 2 and max(data[0::2].count(0), data[1::2].count(0)) > 0.9 * half:
+            raise InputError(source, "looks like UTF-16 text without a byte-order mark; re-save it as UTF-8")
         raise InputError(source, "looks like a binary file (it contains NUL bytes), not a UTF-8 .txt file")
     controls = len(data) - len(data.translate(None, _CONTROL_BYTES))
     if controls > _MAX_CONTROL_SHARE * len(data):
@@ -94,7 +97,8 @@ def read_text_lines(
             "cannot be decoded; re-save the file as UTF-8",
         ) from error
 
-    lines = [line.strip() for line in text.splitlines()]
+    # lines end at \n, \r\n or \r only: str.splitlines would also cut at U+2028, NEL, form feeds ... inside a line
+    lines = [line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     lines = [line for line in lines if line]
     if not lines:
         raise InputError(source, "contains only blank lines")
@@ -222,8 +226,9 @@ class TextTokenizer:
 
         tokenizer = cls(model.getvalue(), model_type=model_type, spaced_chars=spaced, notes=notes)
         if tokenizer.vocab_size < requested:
+            asked = f"{requested} ids requested" if vocab_size is not None else f"the default of {requested} ids"
             tokenizer.notes.append(
-                f"Vocabulary clamped: {requested} ids requested, but {source} supports only "
+                f"Vocabulary clamped: {asked}, but {source} supports only "
                 f"{tokenizer.vocab_size} with the {model_type} model; using {tokenizer.vocab_size}."
             )
         return tokenizer

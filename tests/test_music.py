@@ -296,6 +296,7 @@ def test_humdrum_kern_is_read_and_transposed_by_its_key_signature():
     ("noise.mid", bytes(range(256)) * 4, "not a MIDI file"),
     ("cut.mid", midi_file((False, SCALE))[:30], "not a readable MIDI file"),
     ("silent.mid", midi_file((False, [])), "no notes"),
+    ("header.mid", b"MThd\x00\x00\x00\x06\x00\x01\x00\x00\x00\x60", "holds no MIDI events"),
     ("drums.mid", midi_file((True, [(36, 0, 1), (38, 1, 2)])), "only drum parts"),
     ("pads.mid", midi_file((False, [(p, 0, 4) for p in (48, 52, 55)] + [(p, 4, 8) for p in (50, 53, 57)])),
      "no melody line: every note is part of a chord"),

@@ -222,6 +222,7 @@ def test_reads_lines_stripped_without_blanks_bom_and_crlf(tmp_path):
         (bytes(range(1, 32)) * 3, "binary"),
         ("first line\ncaf\u00e9 au lait\n".encode("latin-1"), r"UTF-8.*offset 14 \(line 2\).*re-save"),
         ("line one\nline two\n".encode("utf-16"), "UTF-16"),
+        ("line one\nline two\n".encode("utf-16-le"), "UTF-16 text without a byte-order mark"),
         (b"x" * 200 + b"\ny\n", "more than the limit"),
     ],
 )
@@ -234,6 +235,11 @@ def test_bad_corpus_files_name_the_file(tmp_path, content, message):
     with pytest.raises(InputError, match=message) as caught:
         read_text_lines(content, "upload.txt", max_bytes=100)
     assert "upload.txt" in str(caught.value)
+
+
+def test_lines_end_only_at_line_breaks():
+    text = "first half\u2028second half\r\nform\x0cfeed\rnext\x85line\n"
+    assert read_text_lines(text.encode(), "x.txt") == ["first half\u2028second half", "form\x0cfeed", "next\x85line"]
 
 
 def test_missing_file_and_directory_name_the_path(tmp_path):
