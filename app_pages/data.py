@@ -51,6 +51,9 @@ if st.button("Read the corpus", type="primary", disabled=choice == UPLOAD and no
         else:
             st.session_state["corpus_view"] = view
             st.session_state["train_corpus"] = view.saved_as.id if view.saved_as is not None else source
+            st.session_state["corpus_settings"] = {  # what the Train page starts from for this corpus
+                "id": st.session_state["train_corpus"], "vocab_size": vocab_size, "seq_len": seq_len,
+                "tokenizer_model": model_type}
             status.update(label=f"Read {view.name}", state="complete", expanded=False)
 
 view = st.session_state.get("corpus_view")
@@ -79,4 +82,5 @@ if view is not None:
                           midi_name=f"example-{index + 1}.mid")
     if view.saved_as is not None:
         st.success(f"Saved as “{view.saved_as.label}”: the Train page can train on it.", icon=":material/check:")
-    st.page_link("app_pages/train.py", label="Train on this corpus", icon=":material/model_training:")
+    st.page_link("app_pages/train.py", label="Train on this corpus (with these tokenizer and length settings)",
+                 icon=":material/model_training:")

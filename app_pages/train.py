@@ -30,15 +30,20 @@ with st.expander("Start a new run", expanded=not runs):
                                 help="torch threads of the job (SEQGAN_THREADS). On a small machine 1 is often "
                                      "fastest: threads that wait for a busy core slow everything down.")
     device = middle.selectbox("Device", ["auto", "cpu", "cuda"], help="auto: a free GPU when there is one")
-    tokenizer_model = right.selectbox("Text tokenizer", ["auto", "unigram", "bpe", "char"], disabled=kind != "text")
+    # the Data page's tokenizer and length settings, when it read this corpus
+    settings = st.session_state.get("corpus_settings") or {}
+    settings = settings if settings.get("id") == corpus_id else {}
+    tokenizers = ["auto", "unigram", "bpe", "char"]
+    tokenizer_model = right.selectbox("Text tokenizer", tokenizers, disabled=kind != "text",
+                                      index=tokenizers.index(settings.get("tokenizer_model") or "auto"))
     options = {}
     with st.expander("Advanced options (the training configuration)"):
-        specs = studio.option_specs(preset, kind)
+        specs = studio.option_specs(preset, kind, settings)
         for group in studio.OPTION_GROUPS:
             st.markdown(f"**{group}**")
             cols = st.columns(4)
             for index, spec in enumerate(s for s in specs if s.group == group):
-                col, key = cols[index % 4], f"opt-{preset}-{kind}-{spec.name}"
+                col, key = cols[index % 4], f"opt-{preset}-{kind}-{spec.name}" + (f"-{corpus_id}" * bool(settings))
                 label = spec.name.replace("_", " ")
                 if spec.choices:
                     options[spec.name] = col.selectbox(label, spec.choices, key=key, help=spec.help or None)

@@ -136,6 +136,23 @@ def test_data_page_summarises_a_text_upload_and_keeps_it_for_training(runs_dir):
     assert at.selectbox[0].value == choice
 
 
+def test_the_train_page_starts_from_the_data_page_s_tokenizer_and_length_settings(runs_dir):
+    at = open_page("data")
+    at.file_uploader[0].upload("poems.txt", poem_lines(200))
+    at.selectbox[0].set_value("bpe")
+    at.number_input[0].set_value(300)
+    at.number_input[1].set_value(40)
+    at.run()
+    next(b for b in at.button if b.label == "Read the corpus").click().run()
+    assert not at.error, [e.value for e in at.error]
+    choice = at.session_state["train_corpus"]
+    at.switch_page("app_pages/train.py").run()
+    assert at.selectbox[0].value == choice
+    assert next(b for b in at.selectbox if b.label == "Text tokenizer").value == "bpe"
+    assert at.number_input(key=f"opt-quick-text-vocab_size-{choice}").value == 300
+    assert at.number_input(key=f"opt-quick-text-seq_len-{choice}").value == 40
+
+
 def test_a_corpus_with_nothing_held_out_says_so_on_the_data_and_compare_pages(runs_dir, tmp_path):
     at = open_page("data")
     at.file_uploader[0].upload("one.abc", abc_tunes(1))  # held out by whole tune: one tune leaves none
