@@ -27,8 +27,7 @@ From a score or MIDI file to events
       nor a part in which every onset is a chord of three or more pitches ("no melody line: every note is
       part of a chord"). Of a score, the first other part from the top staff is taken; of a MIDI file, whose
       tracks come in no meaningful order (a bass track often precedes the tune), the part with the highest
-      mean pitch. Two-note double stops (a tune in thirds)
-      are a melody: their top notes are taken.
+      mean pitch. Two-note double stops (a tune in thirds) are a melody: their top notes are taken.
     * Chords and overlaps: of the notes starting on one step, the highest wins (chords -> top note). A later
       note ends the sounding one, except a lower note that starts and ends while a higher note is held: that
       is an inner voice and is ignored. When a note ends, notes still held below it are not resumed.

@@ -269,8 +269,9 @@ def write_report(out_dir: str | Path, seeds: list[int]) -> dict:
     summaries = [seed_summary(out_dir / f"seed{seed}") for seed in seeds]
     preset = summaries[0]["preset"]
     table = summarize(summaries)
-    paper_oracle = all(json.loads((out_dir / f"seed{seed}" / "task.json").read_text()).get("oracle_sha256")
-                       == PAPER_ORACLE_SHA256 for seed in seeds)
+    tasks = [out_dir / f"seed{seed}" / "task.json" for seed in seeds]  # folders from before task.json have none
+    paper_oracle = all(task.is_file() and json.loads(task.read_text()).get("oracle_sha256") == PAPER_ORACLE_SHA256
+                       for task in tasks)
     (out_dir / "table1.md").write_text(markdown_table(table, preset, seeds, paper_oracle))
     (out_dir / "table1.json").write_text(json.dumps({"preset": preset, "seeds": seeds, "table": table}, indent=1))
     plot_curves(summaries, out_dir / "figure2.png")
