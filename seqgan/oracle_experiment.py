@@ -195,10 +195,12 @@ def summarize(summaries: list[dict]) -> dict:
     return table
 
 
-def markdown_table(table: dict, preset: str, seeds: list[int], paper_oracle: bool = True) -> str:
-    """``paper_oracle``: every seed used the paper's oracle, so the paper's column measures the same thing."""
-    oracle = "the paper's oracle" if paper_oracle else \
-        "a random oracle per seed, not the paper's: its column is of another oracle, for orientation only"
+def markdown_table(table: dict, preset: str, seeds: list[int], paper_oracle: bool | None = True) -> str:
+    """``paper_oracle``: every seed used the paper's oracle, so the paper's column measures the same thing
+    (None: the folder does not record which oracle)."""
+    oracle = {True: "the paper's oracle", None: "an oracle the folder does not record",
+              False: "a random oracle per seed, not the paper's: its column is of another oracle, for orientation "
+                     "only"}[paper_oracle]
     lines = [f"Preset `{preset}`, seeds {', '.join(map(str, seeds))}, {oracle}: mean ± sd over seeds. NLL-oracle: the "
              "oracle's NLL of the model's samples (quality; lower is better). NLL-test: the model's NLL of held-out "
              "oracle samples (coverage; rises when the model drops modes).",
@@ -270,8 +272,8 @@ def write_report(out_dir: str | Path, seeds: list[int]) -> dict:
     preset = summaries[0]["preset"]
     table = summarize(summaries)
     tasks = [out_dir / f"seed{seed}" / "task.json" for seed in seeds]  # folders from before task.json have none
-    paper_oracle = all(task.is_file() and json.loads(task.read_text()).get("oracle_sha256") == PAPER_ORACLE_SHA256
-                       for task in tasks)
+    paper_oracle = None if not all(t.is_file() for t in tasks) else \
+        all(json.loads(t.read_text()).get("oracle_sha256") == PAPER_ORACLE_SHA256 for t in tasks)
     (out_dir / "table1.md").write_text(markdown_table(table, preset, seeds, paper_oracle))
     (out_dir / "table1.json").write_text(json.dumps({"preset": preset, "seeds": seeds, "table": table}, indent=1))
     plot_curves(summaries, out_dir / "figure2.png")
