@@ -82,5 +82,6 @@ if view is not None:
                           midi_name=f"example-{index + 1}.mid")
     if view.saved_as is not None:
         st.success(f"Saved as “{view.saved_as.label}”: the Train page can train on it.", icon=":material/check:")
-    st.page_link("app_pages/train.py", label="Train on this corpus (with these tokenizer and length settings)",
-                 icon=":material/model_training:")
+    st.page_link("app_pages/train.py", label="Train on this corpus", icon=":material/model_training:")
+    st.caption("The Train page starts from the tokenizer, vocabulary and length set above; where they are "
+               "auto, its preset chooses (the quick preset: 2,000 text ids).")

@@ -157,7 +157,8 @@ class Corpus:
 def split_heldout(groups: list[list[list[int]]], test_fraction: float, seed: int):
     """Shuffle groups (lines, or the windows of one tune) and hold out about ``test_fraction`` of the sequences,
     whole groups at a time: a group is held out when that brings the held-out count nearer the target (so one
-    long tune cannot take far more than asked), and the training part is never left empty."""
+    long tune cannot take far more than asked), and the training part is never left empty. When every group is
+    too large for that, the smallest is held out if it is at most three times the share."""
     if not 0 <= test_fraction < 1:
         raise ConfigError(f"test_fraction must be within [0, 1) (got {test_fraction})")
     order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -173,6 +174,11 @@ def split_heldout(groups: list[list[list[int]]], test_fraction: float, seed: int
             kept.append(index)
     if not kept and held:  # everything went to the held-out side: the last group trains instead
         kept.append(held.pop())
+    if wanted and not held and len(kept) > 1:  # every group is large: the smallest, if at most 3x the share
+        smallest = min(kept, key=lambda i: len(groups[i]))
+        if len(groups[smallest]) <= 3 * wanted:
+            kept.remove(smallest)
+            held.append(smallest)
     return [row for i in kept for row in groups[i]], [row for i in held for row in groups[i]]
 
 

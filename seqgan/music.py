@@ -20,14 +20,16 @@ Token ids (``MelodyTokenizer``), dense and small
 Canonical form (what reading produces, and what ``canonical_events`` turns any event list into)
     A sequence never starts with HOLD (it becomes REST), and a REST while nothing sounds is a HOLD: after a
     note, one REST then HOLDs until the next note-on. A note-on of the pitch that already sounds is a new
-    attack (two notes), not a continuation. On canonical sequences tokens -> MIDI -> tokens is the identity.
+    attack (two notes), not a continuation. On canonical sequences tokens -> MIDI -> tokens is the identity, up
+    to trailing rests (a MIDI file lasts the whole sequence, but reading ends a melody with its last note).
 
 From a score or MIDI file to events
     * Which notes: one melody per tune. Drum parts (MIDI channel 10, unpitched percussion) are never used,
       nor a part in which every onset is a chord of three or more pitches ("no melody line: every note is
       part of a chord"). Of a score, the first other part from the top staff is taken; of a MIDI file, whose
       tracks come in no meaningful order (a bass track often precedes the tune), the part with the highest
-      mean pitch. Two-note double stops (a tune in thirds) are a melody: their top notes are taken.
+      mean pitch among those with at least half as many notes as the busiest (so a bell's two notes are not
+      the tune). Two-note double stops (a tune in thirds) are a melody: their top notes are taken.
     * Chords and overlaps: of the notes starting on one step, the highest wins (chords -> top note). A later
       note ends the sounding one, except a lower note that starts and ends while a higher note is held: that
       is an inner voice and is ignored. When a note ends, notes still held below it are not resumed.
@@ -815,7 +817,9 @@ def _melody_from_parts(name: str, parts: list[_PartNotes], *, has_drums: bool, t
     if not melodic:
         raise InputError(name, "no melody line: every note is part of a chord")
     if highest_part:
-        part, notes = max(melodic, key=lambda pair: sum(p for p, _, _ in pair[1]) / len(pair[1]))  # ties: first
+        busiest = max(len(notes) for _, notes in melodic)
+        candidates = [(part, notes) for part, notes in melodic if 2 * len(notes) >= busiest]
+        part, notes = max(candidates, key=lambda pair: sum(p for p, _, _ in pair[1]) / len(pair[1]))  # ties: first
     else:
         part, notes = melodic[0]
     events = _events_from_line(_melody_line(notes))

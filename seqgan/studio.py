@@ -308,7 +308,8 @@ class OptionSpec:
 
 def option_specs(preset: str, kind: str, corpus_settings: dict | None = None) -> list[OptionSpec]:
     """The advanced options with the preset's values as defaults, for a corpus of ``kind``; ``corpus_settings``
-    (the Data page's ``vocab_size`` and ``seq_len`` for this corpus) replace them where given."""
+    (the ``vocab_size`` and ``seq_len`` typed on the Data page for this corpus) replace them where given (a
+    melody's vocabulary is fixed)."""
     from .train import CHOICES
 
     p = PRESETS[preset]
@@ -324,8 +325,8 @@ def option_specs(preset: str, kind: str, corpus_settings: dict | None = None) ->
                 default = p.config.get("seq_len")
             if name == "vocab_size":
                 default = {"text": p.text_vocab_size, "music": None}.get(kind, default)
-            if name in ("vocab_size", "seq_len") and (corpus_settings or {}).get(name) is not None:
-                default = corpus_settings[name]
+            if (corpus_settings or {}).get(name) is not None and (name == "seq_len" or kind == "text"):
+                default = corpus_settings[name]  # typed there; for "auto" the preset's value stays
             ftype = "list" if name.startswith(("d_filter", "d_num")) else str(fields[name].type)
             choices = list(CHOICES.get(name, [])) or None
             specs.append(OptionSpec(name, group, ftype, default, OPTION_HELP[name], choices))

@@ -153,6 +153,15 @@ def test_the_train_page_starts_from_the_data_page_s_tokenizer_and_length_setting
     assert at.number_input(key=f"opt-quick-text-seq_len-{choice}").value == 40
 
 
+def test_only_settings_typed_on_the_data_page_replace_the_preset_s():
+    def defaults(kind, settings):
+        return {s.name: s.default for s in studio.option_specs("quick", kind, settings)}
+    assert defaults("text", {"vocab_size": None, "seq_len": None})["vocab_size"] == 2000  # auto: the preset's
+    assert defaults("text", {"vocab_size": 300, "seq_len": 40})["vocab_size"] == 300
+    music = defaults("music", {"vocab_size": 300, "seq_len": 16})
+    assert music["vocab_size"] is None and music["seq_len"] == 16  # a melody's vocabulary is fixed
+
+
 def test_a_corpus_with_nothing_held_out_says_so_on_the_data_and_compare_pages(runs_dir, tmp_path):
     at = open_page("data")
     at.file_uploader[0].upload("one.abc", abc_tunes(1))  # held out by whole tune: one tune leaves none

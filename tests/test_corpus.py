@@ -80,6 +80,9 @@ def test_one_long_tune_is_not_held_out_for_a_tenth_and_training_is_never_empty()
         train, heldout = split_heldout([short[:5], long[:5]], 0.9, seed)  # asked for nearly everything
         assert len(train) == 5 and len(heldout) == 5
     assert split_heldout([[[i]] for i in range(30)], 0.1, seed=2)[1].__len__() == 3  # lines: exactly the share
+    # every tune too long to come near the share: the smallest is held out if at most 3x the share, else none
+    assert split_heldout([long[:15], short], 0.1, seed=0) == (long[:15], short)
+    assert split_heldout([long[:500], long[500:]], 0.1, seed=0)[1] == []
 
 
 def test_quatrains_become_25_character_sequences_that_decode_to_the_poems():

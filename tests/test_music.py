@@ -202,6 +202,8 @@ def test_of_a_midi_file_s_tracks_the_highest_melody_line_is_the_tune():
     band = midi_file((True, drums), (False, bass), (False, SCALE))  # the bass track comes first
     assert read_one("band.mid", band, transpose=False).events == SCALE_EVENTS
     assert read_one("bass.mid", midi_file((False, bass)), transpose=False).events[0] == 36  # alone, it is read
+    bell = [(96, 0, 1), (98, 7, 8)]  # two high notes: too few to be the tune
+    assert read_one("bell.mid", midi_file((False, SCALE), (False, bell)), transpose=False).events == SCALE_EVENTS
 
 
 def test_block_chord_part_is_skipped_for_a_melody_part():
