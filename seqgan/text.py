@@ -69,6 +69,22 @@ def read_text_corpus(path, max_bytes: int = DEFAULT_MAX_BYTES, min_lines: int = 
     return read_text_lines(data, str(path), max_bytes=max_bytes, min_lines=min_lines)
 
 
+def _looks_like_utf16(data: bytes) -> bool:
+    """Text of lines in UTF-16 (either byte order): it decodes, has a line break every 200 characters or more
+    often, and hardly any control characters. (Binary data decoded so has a line break once in ~65,000.)"""
+    if len(data) < 4 or len(data) % 2:
+        return False
+    for encoding in ("utf-16-le", "utf-16-be"):
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        controls = sum(1 for ch in text if ch < " " and ch not in "\t\n\r")
+        if 200 * text.count("\n") >= len(text) and 100 * controls <= len(text):
+            return True
+    return False
+
+
 def read_text_lines(
     data: bytes, source: str, max_bytes: int = DEFAULT_MAX_BYTES, min_lines: int = MIN_LINES
 ) -> list[str]:
@@ -80,8 +96,7 @@ def read_text_lines(
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise InputError(source, "is UTF-16 text; re-save it as UTF-8")
     if b"\x00" in data:
-        half = len(data) // 2  # ASCII in UTF-16: every other byte is 0
-        if half >= 2 and max(data[0::2].count(0), data[1::2].count(0)) > 0.9 * half:
+        if _looks_like_utf16(data):
             raise InputError(source, "looks like UTF-16 text without a byte-order mark; re-save it as UTF-8")
         raise InputError(source, "looks like a binary file (it contains NUL bytes), not a UTF-8 .txt file")
     controls = len(data) - len(data.translate(None, _CONTROL_BYTES))

@@ -223,6 +223,7 @@ def test_reads_lines_stripped_without_blanks_bom_and_crlf(tmp_path):
         ("first line\ncaf\u00e9 au lait\n".encode("latin-1"), r"UTF-8.*offset 14 \(line 2\).*re-save"),
         ("line one\nline two\n".encode("utf-16"), "UTF-16"),
         ("line one\nline two\n".encode("utf-16-le"), "UTF-16 text without a byte-order mark"),
+        ("床前明月光\n疑是地上霜\n".encode("utf-16-be"), "UTF-16 text without a byte-order mark"),
         (b"x" * 200 + b"\ny\n", "more than the limit"),
     ],
 )
