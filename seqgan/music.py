@@ -41,7 +41,8 @@ From a score or MIDI file to events
       become 1 + 2 + 1 sixteenths; of two notes that round to the same step the higher one is kept.
     * Repeats (scores only) are played out as a player would: ``|: A :| B :|`` becomes A A B B, with 1st and
       2nd endings; a ``:|`` without its ``|:`` goes back to the previous ``:|`` or the start
-      (``expand_repeats=False`` keeps the written order). MIDI files are taken as they are.
+      (``expand_repeats=False`` keeps the written order). MIDI files are taken as they are. ABC's ``P:`` play
+      order (parts played in another order than written, e.g. ``P:ABCBC``) is not followed.
     * ABC chord symbols ("G7") and annotations are not melody and are dropped before parsing. (music21 reads
       an ABC tune with fewer than two plain bar lines without measures: bars then run from step 0 and such a
       tune's pickup and repeats are taken as written.)
