@@ -36,6 +36,7 @@ from .errors import InputError
 FORMAT = "seqgan-studio/2"
 EARLIER_FORMATS = ("seqgan-studio/1",)
 REQUIRED_KEYS = ("format", "kind", "config", "generator")
+TRAINING_ONLY = ("discriminator", "optimizers", "rng")  # what a slim bundle (``slim_bundle``) leaves out
 ROLES = ("mle", "seqgan", "latest")  # the generator after MLE, after adversarial training; the whole state
 
 
@@ -167,8 +168,7 @@ def tokenizer_bytes(bundle: dict) -> bytes | None:
 def slim_bundle(bundle: dict) -> dict:
     """The bundle without what only training needs (discriminator, optimizers, RNG state): it samples,
     compares and downloads like the full one, at a fraction of the size, but cannot resume training."""
-    dropped = ("discriminator", "optimizers", "rng")
-    return {key: value for key, value in bundle.items() if key not in dropped}
+    return {key: value for key, value in bundle.items() if key not in TRAINING_ONLY}
 
 
 def generator_from_bundle(bundle: dict, name: str = "checkpoint"):

@@ -243,15 +243,11 @@ def cmd_train(args) -> int:
         latest = run.checkpoint("latest")
         if latest.exists():
             bundle = load_bundle(latest)
-            missing = [key for key in ("discriminator", "optimizers", "rng", "position") if key not in bundle]
-            if missing:
-                raise InputError(latest, f"has no {', '.join(missing)}: a slim (exported) checkpoint samples "
-                                         "but cannot continue training")
             differ = settings_differ(config, bundle["config"])
             if differ:
                 raise InputError(latest, f"was made with other settings than this run's config.json "
                                          f"({', '.join(differ)}): it belongs to another run")
-            trainer.restore(bundle)
+            trainer.restore(bundle, name=str(latest))
             if dist.is_main:
                 print(f"resuming at unit {trainer.unit} of {len(trainer.schedule)}", flush=True)
         elif dist.is_main:  # stopped before its first checkpoint, or latest.pt deleted: nothing to continue from

@@ -44,10 +44,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import FORMAT, load_bundle, save_bundle, tokenizer_tensor
+from .checkpoint import FORMAT, TRAINING_ONLY, load_bundle, save_bundle, tokenizer_tensor
 from .corpus import MAX_SEQ_LEN, write_token_file
 from .distributed import SINGLE, DistContext, Objective
-from .errors import ConfigError, Stopped
+from .errors import ConfigError, InputError, Stopped
 from .kernels import bf16_autocast, plain_kernels
 from .models import PAPER_FILTER_SIZES, PAPER_NUM_FILTERS, Discriminator, Generator, sample_from_logits
 from .rollout import RewardFn, discriminator_reward, rollout_rewards
@@ -482,8 +482,14 @@ class Trainer:
             "rng": rng, "tokenizer": tokenizer_tensor(self.tokenizer), "extra": self.extra,
         })
 
-    def restore(self, bundle: dict, position: int | None = None, weights_only: bool = False) -> None:
-        """Continue from a bundle. ``weights_only`` takes only the networks (to branch a new schedule off it)."""
+    def restore(self, bundle: dict, position: int | None = None, weights_only: bool = False,
+                name: str = "checkpoint") -> None:
+        """Continue from a bundle (``name``: its file, for errors). ``weights_only`` takes only the networks (to
+        branch a new schedule off it)."""
+        missing = [key for key in (*TRAINING_ONLY, "position") if key not in bundle and not weights_only]
+        if missing:
+            raise InputError(name, f"has no {', '.join(missing)}: a slim (exported) checkpoint samples but cannot "
+                                   "continue training")
         if "upgraded_from" in bundle:
             raise ConfigError(f"this checkpoint was made by an earlier version ({bundle['upgraded_from']}), whose "
                               f"networks differ from the original's (README, Faithfulness): it samples and "
@@ -774,7 +780,7 @@ def run_to_end(trainer: Trainer, begin: Callable[[Trainer], None] | None = None,
     if STOP.is_set():
         raise Stopped(f"{run.path} not started; the same command run again continues from there")
     if bundle is not None:
-        trainer.restore(bundle)
+        trainer.restore(bundle, name=str(latest))
     else:
         run.truncate_events(-1)  # an attempt that died before its first checkpoint leaves no events behind
         if begin is not None:

@@ -21,7 +21,7 @@ from seqgan.models import Discriminator, Generator, sample_from_logits
 from seqgan.oracle import nll_under, oracle_evaluator, random_oracle
 from seqgan.rollout import batched_rollout, discriminator_reward, naive_rollout_rewards, rollout_rewards
 from seqgan.runs import RunDir
-from seqgan.train import TrainConfig, Trainer
+from seqgan.train import TrainConfig, Trainer, run_to_end
 
 Z_MAX = 4.5  # chi-square z bound: p < ~3e-6 for a correct sampler
 
@@ -587,6 +587,23 @@ def test_adversarial_evaluations_score_held_out_data_with_the_discriminator(tmp_
         Trainer(config, train, heldout=heldout[:, :3])
     with pytest.raises(ConfigError, match="held-out data has token ids outside"):
         Trainer(config, train, heldout=heldout + config.vocab_size)
+
+
+def test_a_slim_checkpoint_cannot_continue_training_wherever_it_is_resumed(tmp_path):
+    """run_to_end (the experiments) and seqgan train --resume both go through Trainer.restore."""
+    from seqgan.checkpoint import slim_bundle
+
+    config = tiny_config(adv_iters=1)
+    train, _, evaluate = tiny_task(config)
+    trainer = Trainer(config, train, tmp_path / "run", evaluate)
+    assert trainer.run() == "finished"
+    latest = RunDir(tmp_path / "run").checkpoint("latest")
+    save_bundle(slim_bundle(load_bundle(latest)), latest)
+    with pytest.raises(InputError, match=r"latest.pt: has no discriminator, optimizers, rng: a slim"):
+        Trainer(config, train).restore(load_bundle(latest), name=str(latest))
+    (tmp_path / "run" / "status.json").unlink()  # as if it had not finished: run_to_end resumes it
+    with pytest.raises(InputError, match="cannot continue training"):
+        run_to_end(Trainer(config, train, tmp_path / "run", evaluate))
 
 
 # ----- 6. stop and resume give exactly the weights of an uninterrupted run ---------------------------------------
