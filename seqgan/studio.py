@@ -168,7 +168,7 @@ def stored_names(files: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, b
     """Each uploaded file with the name it is kept under in ``runs/corpora/`` (made safe, and unique: two uploads
     may share a name), sorted by that name, as a saved folder is read."""
     used, named = set(), []
-    for name, data in sorted(files, key=lambda f: (f[0], hashlib.sha256(f[1]).digest())):
+    for name, data in sorted(files):  # same names: in the order of their bytes, as save_corpus_files digests them
         stored = _slug(Path(name).name, 100)
         stem, dot, suffix = stored.rpartition(".") if "." in stored else (stored, "", "")
         number = 2

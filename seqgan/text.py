@@ -20,6 +20,7 @@ The encoding:
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 from pathlib import Path
@@ -75,8 +76,8 @@ def _looks_like_utf16(data: bytes) -> bool:
     if len(data) < 4 or len(data) % 2:
         return False
     for encoding in ("utf-16-le", "utf-16-be"):
-        try:
-            text = data.decode(encoding)
+        try:  # the first 64 KB say enough (a large binary file would take seconds); final=False: a pair cut at
+            text = codecs.getincrementaldecoder(encoding)().decode(data[:1 << 16], final=False)  # the end waits
         except UnicodeDecodeError:
             continue
         controls = sum(1 for ch in text if ch < " " and ch not in "\t\n\r")
