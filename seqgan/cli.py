@@ -169,8 +169,6 @@ def begin_run(args, run) -> tuple:
 def check_resume_alone(args, run) -> None:
     """--resume continues a run with its saved settings, in one process: options that would change them are
     refused rather than ignored, and so is a second process training the same run."""
-    from .jobs import process_alive
-
     given = sorted({f"--{name.replace('_', '-')}" for name in config_overrides(args) if name != "device"}
                    | {flag for flag, value in (("--corpus", args.corpus), ("--data", args.data),
                                                ("--oracle-params", args.oracle_params), ("--num-train", args.num_train),
@@ -180,10 +178,7 @@ def check_resume_alone(args, run) -> None:
     if given:
         raise ConfigError(f"--resume continues {run.path} with the settings in its config.json; {', '.join(given)} "
                           f"would change them (start a new run for other settings; --device may change)")
-    status = run.read_status() or {}
-    pid = status.get("pid")
-    if status.get("state") == "running" and pid != os.getpid() and process_alive(pid, run):
-        raise SeqGANError(f"{run.path}: process {pid} is training this run; stop it before resuming")
+    run.claim()
 
 
 def cmd_train(args) -> int:
@@ -313,11 +308,13 @@ def cmd_sample(args) -> int:
 
 # ----- seqgan bleu ----------------------------------------------------------------------------------------
 def read_lines(path: str) -> list[list[str]]:
+    from .text import split_lines
+
     p = Path(path)
     if not p.is_file():
         raise SeqGANError(f"{path}: no such file")
     try:
-        lines = [line.split() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.split() for line in split_lines(p.read_text(encoding="utf-8")) if line.strip()]
     except UnicodeDecodeError:
         raise SeqGANError(f"{path}: not UTF-8 text") from None
     if not lines:

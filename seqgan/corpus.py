@@ -46,11 +46,13 @@ MAX_SEQ_LEN = 4096  # the longest sequences any corpus lays out
 # ----- token-id files ---------------------------------------------------------------------------------------
 def read_token_file(path: str | Path, vocab_size: int | None = None) -> torch.Tensor:
     """Sequences of token ids, one a line; every line must have the same length."""
+    from .text import split_lines
+
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file")
     try:
-        lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.split() for line in split_lines(path.read_text(encoding="utf-8")) if line.strip()]
     except UnicodeDecodeError:
         raise InputError(path, "not a text file of token ids (not UTF-8)") from None
     if not lines:

@@ -13,16 +13,25 @@
         oracle.pt        the oracle (oracle runs of ``seqgan train``)
         job.json         written by the app when it starts the run in the background (``seqgan.jobs``)
         output.txt       that background process's stdout and stderr
+        .lock            held (flock) by the one process training the run, with its pid (``RunDir.claim``)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 from pathlib import Path
 
 from .checkpoint import atomic_write_bytes
+from .errors import SeqGANError
+
+_claimed: dict[Path, int] = {}  # run directories this process trains: resolved path -> the open lock file
+
+
+class RunInUse(SeqGANError):
+    """Another process is training this run directory."""
 
 
 class RunDir:
@@ -63,6 +72,37 @@ class RunDir:
     def create(self) -> "RunDir":
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.samples.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def claim(self) -> "RunDir":
+        """Make this process the run's only writer until it exits, or raise ``RunInUse``.
+
+        Two processes training one run directory would interleave their events and overwrite each other's
+        checkpoints (a ``seqgan oracle run`` started twice, or ``seqgan train --resume`` beside the app's job).
+        The lock is an flock on ``.lock``, so the system releases it when the process ends however it ends; the
+        same process may claim a run again (a test that resumes in-process). Where the file system has no flock,
+        nothing is locked.
+        """
+        key = self.path.resolve()
+        if key in _claimed:
+            return self
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # no such run directory: nothing to guard (reading its config.json says so)
+            return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise RunInUse(f"{self.path}: another process{f' (pid {holder})' if holder.isdigit() else ''} is "
+                           f"training this run; wait for it to end or stop it first") from None
+        except OSError:
+            os.close(fd)
+            return self
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _claimed[key] = fd
         return self
 
     def checkpoint(self, role: str) -> Path:

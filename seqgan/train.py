@@ -433,7 +433,7 @@ class Trainer:
         self.heldout = heldout[:D_SCORED].to(self.device) if heldout is not None and len(heldout) else None
         if run_dir is not None and not isinstance(run_dir, RunDir):
             run_dir = RunDir(run_dir)
-        self.run_dir = run_dir.create() if run_dir is not None and dist.is_main else None
+        self.run_dir = run_dir.create().claim() if run_dir is not None and dist.is_main else None
         self.evaluate_fn, self.callback = evaluate, (callback if dist.is_main else None)
         self.kind, self.tokenizer, self.extra = kind, tokenizer, dict(extra or {})
         self.schedule = config.units()

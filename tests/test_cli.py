@@ -275,6 +275,12 @@ def test_bleu_prints_seqgan_metrics_bleu_last(tmp_path, capsys):
     assert status == 0
     expected = bleu(refs, hyps, 2)
     assert 0 < expected < 1 and float(lines[-1]) == pytest.approx(expected, abs=1e-6)
+    # a line separator or form feed inside a line separates tokens, not lines (as in corpora)
+    (tmp_path / "hyps.txt").write_text("".join(" ".join(h[:2]) + "\u2028" + " ".join(h[2:]) + "\f\n" for h in hyps),
+                                       encoding="utf-8")
+    status, lines, _ = run_cli(capsys, "bleu", "--refs", tmp_path / "refs.txt", "--hyps", tmp_path / "hyps.txt",
+                               "-n", 2)
+    assert status == 0 and float(lines[-1]) == pytest.approx(expected, abs=1e-6)
     status, _, err = run_cli(capsys, "bleu", "--refs", tmp_path / "nope.txt", "--hyps", tmp_path / "hyps.txt")
     assert_error(status, err, "nope.txt")
     longest = max(len(h) for h in hyps)
@@ -474,7 +480,7 @@ def test_resume_refuses_a_run_another_process_is_training(tmp_path, capsys, rest
             assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
             time.sleep(0.05)
         status, _, err = run_cli(capsys, "train", "--run-dir", run, "--resume")
-        assert_error(status, err, f"process {process.pid} is training this run")
+        assert_error(status, err, f"another process (pid {process.pid}) is training this run")
     finally:
         process.kill()
         process.wait()

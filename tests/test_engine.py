@@ -9,6 +9,9 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +23,10 @@ from seqgan.kernels import plain_kernels
 from seqgan.models import Discriminator, Generator, sample_from_logits
 from seqgan.oracle import nll_under, oracle_evaluator, random_oracle
 from seqgan.rollout import batched_rollout, discriminator_reward, naive_rollout_rewards, rollout_rewards
-from seqgan.runs import RunDir
+from seqgan.runs import RunDir, RunInUse
 from seqgan.train import TrainConfig, Trainer, run_to_end
 
+REPO = Path(__file__).resolve().parents[1]
 Z_MAX = 4.5  # chi-square z bound: p < ~3e-6 for a correct sampler
 
 
@@ -692,6 +696,26 @@ def test_resume_from_an_earlier_checkpoint_drops_later_events_and_repeats_them_e
     assert without_times(run.events()) == finished_events
     assert state_equal(again.generator.state_dict(), first.generator.state_dict())
     assert state_equal(again.discriminator.state_dict(), first.discriminator.state_dict())
+
+
+def test_a_run_directory_another_process_trains_is_refused_until_that_process_ends(tmp_path):
+    config = tiny_config(mle_epochs=1, d_pretrain_rounds=1, adv_iters=1)
+    train, _, evaluate = tiny_task(config)
+    run = RunDir(tmp_path / "run").create()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from seqgan.runs import RunDir; "
+                               f"RunDir({str(run.path)!r}).claim(); print('claimed', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(RunInUse, match=f"another process \\(pid {holder.pid}\\) is training this run"):
+            Trainer(config, train, run.path, evaluate)
+        assert not run.metrics.exists() and not run.status.exists()  # the refused trainer wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    trainer = Trainer(config, train, run.path, evaluate)  # the lock went with the process
+    assert Trainer(config, train, run.path, evaluate).run() == "finished"  # the same process may claim it again
+    assert trainer.run_dir.finished()
 
 
 # ----- 7. configuration errors and tampered checkpoints ----------------------------------------------------------
