@@ -66,8 +66,9 @@ Windows (the training sequences)
 
 Reading (``read_melodies``): MIDI (.mid, .midi) with pretty_midi, for its tick-exact timing and drum flag;
 MusicXML (.xml, .musicxml, .mxl), ABC (.abc, one melody per ``X:`` tune) and Humdrum kern (.krn) with
-music21; .zip archives and folders of such files. Each bad file or tune becomes one ``InputError`` in the
-returned problems, and the rest is read.
+music21; .zip archives and folders of such files. Each bad file or tune, and each other file in a folder or
+zip, becomes one ``InputError`` in the returned problems, and the rest is read (hidden files and folders, such as
+macOS's ``._x.mid`` and ``__MACOSX/``, are skipped).
 
 Output: ``events_to_midi`` (MIDI bytes), ``events_to_wav`` / ``midi_to_wav`` (FluidSynth with a General MIDI
 SoundFont when pyfluidsynth and libfluidsynth are installed, else sine waves), ``piano_roll_png`` and
@@ -444,7 +445,7 @@ def _collect_files(sources: list, max_bytes: int) -> tuple[list[tuple[str, bytes
     files, problems = [], []
     for source in sources:
         try:
-            for name, data in _source_files(source, max_bytes):
+            for name, data in _source_files(source, max_bytes, problems):
                 _check_size(name, len(data), max_bytes)
                 if name.lower().endswith(ZIP_SUFFIXES):
                     files.extend(_zip_members(name, data, max_bytes, problems))
@@ -455,7 +456,7 @@ def _collect_files(sources: list, max_bytes: int) -> tuple[list[tuple[str, bytes
     return files, problems
 
 
-def _source_files(source, max_bytes: int) -> Iterable[tuple[str, bytes]]:
+def _source_files(source, max_bytes: int, problems: list) -> Iterable[tuple[str, bytes]]:
     if _is_named_bytes(source):
         yield source[0], bytes(source[1])
         return
@@ -463,10 +464,15 @@ def _source_files(source, max_bytes: int) -> Iterable[tuple[str, bytes]]:
         raise InputError(repr(source)[:80], "not a path or a (filename, bytes) pair")
     path = Path(source)
     if path.is_dir():
-        suffixes = MUSIC_SUFFIXES + ZIP_SUFFIXES
-        for member in sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)
-                             and not p.name.startswith(".")):  # as in zips: ._x.mid is macOS's, not a tune
-            yield str(member), _read_path(member, max_bytes)
+        for member in sorted(path.rglob("*")):
+            inside = member.relative_to(path).parts
+            if not member.is_file() or _not_a_user_file(inside):
+                continue
+            try:
+                _check_suffix(str(member), MUSIC_SUFFIXES + ZIP_SUFFIXES)  # unread files are listed, as in zips
+                yield str(member), _read_path(member, max_bytes)
+            except InputError as problem:
+                problems.append(problem)
     elif path.is_file():
         yield str(path), _read_path(path, max_bytes)
     else:
@@ -479,6 +485,16 @@ def _read_path(path: Path, max_bytes: int) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise InputError(str(path), f"cannot be read ({exc.strerror or exc})") from None
+
+
+def _not_a_user_file(parts: tuple[str, ...]) -> bool:
+    """Hidden files and folders (``.git/``, macOS's ``._x.mid``) and ``__MACOSX/``: not the user's tunes."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts)
+
+
+def _check_suffix(name: str, suffixes: tuple[str, ...]) -> None:
+    if not name.lower().endswith(suffixes):
+        raise InputError(name, f"unsupported file type (expected one of {', '.join(suffixes)})")
 
 
 def _check_size(name: str, size: int, max_bytes: int) -> None:
@@ -494,16 +510,14 @@ def _zip_members(zip_name: str, data: bytes, max_bytes: int, problems: list) -> 
         raise InputError(zip_name, f"not a readable zip archive ({_first_line(exc)})") from None
     members = []
     for info in infos:
-        base = Path(info.filename).name
-        if info.is_dir() or base.startswith(".") or "__MACOSX" in info.filename:
+        if info.is_dir() or _not_a_user_file(Path(info.filename).parts):
             continue
         name = f"{zip_name}/{info.filename}"
         try:
             _check_size(name, info.file_size, max_bytes)  # checked before inflating: no zip bombs
-            if base.lower().endswith(".zip"):
+            if name.lower().endswith(ZIP_SUFFIXES):
                 raise InputError(name, "a zip inside a zip is not unpacked: put its files in the outer zip")
-            if not base.lower().endswith(MUSIC_SUFFIXES):
-                raise InputError(name, f"unsupported file type (expected one of {', '.join(MUSIC_SUFFIXES)})")
+            _check_suffix(name, MUSIC_SUFFIXES)
             members.append((name, archive.read(info)))
         except InputError as problem:
             problems.append(problem)

@@ -320,13 +320,24 @@ def test_files_over_the_size_limit_are_refused(tmp_path):
     assert str(problems[0]) == f"{missing}: no such file or folder"
 
 
-def test_a_folder_is_read_with_its_music_files_only(tmp_path):
+def test_a_folder_is_read_with_its_music_files_and_lists_the_others_as_a_zip_does(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "scale.mid").write_bytes(midi_file((False, SCALE)))
     (tmp_path / "tunes.abc").write_text(GOOD_ABC)
     (tmp_path / "README.txt").write_text("not music")
+    (tmp_path / "._scale.mid").write_bytes(b"macOS metadata")  # hidden files and folders are not the user's
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name in ("README.txt", "._scale.mid", ".git/HEAD", "__MACOSX/tunes.abc"):
+            zipped.writestr(name, "not music")
+    (tmp_path / "more.zip").write_bytes(archive.getvalue())
     melodies, problems = read_melodies(tmp_path, transpose=False)
-    assert len(melodies) == 3 and [p.source for p in problems] == [f"{tmp_path / 'tunes.abc'} X:2 Broken"]
+    assert len(melodies) == 3
+    assert sorted(p.source for p in problems) == [str(tmp_path / "README.txt"), f"{tmp_path / 'more.zip'}/README.txt",
+                                                  f"{tmp_path / 'tunes.abc'} X:2 Broken"]
+    assert all("unsupported file type" in str(p) for p in problems if p.source.endswith("README.txt"))
 
 
 def test_a_batch_with_bad_files_and_a_broken_tune_imports_the_rest():
