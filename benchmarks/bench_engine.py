@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seqgan import cli, kernels, train  # noqa: E402
+from seqgan import cli, flops, kernels, train  # noqa: E402
 from seqgan.models import Discriminator, Generator  # noqa: E402
 from seqgan.rollout import discriminator_reward, naive_rollout_rewards, rollout_rewards  # noqa: E402
 
@@ -104,26 +104,6 @@ def plain_torch():
             yield
     finally:
         train.adam = saved
-
-
-# ----- floating-point work --------------------------------------------------------------------------------
-def lstm_step_flops(E, H, V):
-    return 2 * 4 * H * (E + H) + 2 * H * V  # gates + output projection, per row and step
-
-
-def d_forward_flops(T, E, sizes, counts):
-    conv = sum(2 * (T - w + 1) * w * E * n for w, n in zip(sizes, counts))
-    F_ = sum(counts)
-    return conv + 2 * 2 * F_ * F_ + 2 * F_ * 2  # convolutions, highway (two linears), output
-
-
-def d_completion_flops(T, E, sizes, counts):
-    """Per completion, averaged over prefix lengths, with the windows inside the prefix shared (our rollout)."""
-    F_ = sum(counts)
-    conv = 0.0
-    for t in range(1, T):
-        conv += sum(2 * ((T - w + 1) - max(0, t - w + 1)) * w * E * n for w, n in zip(sizes, counts))
-    return conv / (T - 1) + 2 * 2 * F_ * F_ + 2 * F_ * 2
 
 
 class Conv2dDiscriminator(nn.Module):
@@ -204,8 +184,8 @@ def main():
     G = Generator(V).to(device)
     D = Discriminator(V, T).to(device)
     E, H = G.emb_dim, G.hidden_dim
-    step_flops = lstm_step_flops(E, H, V)
-    d_flops = d_forward_flops(T, D.embedding.embedding_dim, D.filter_sizes, D.num_filters)
+    step_flops = flops.generator_step(V, E, H)
+    d_flops = flops.discriminator_forward(T, D.embedding.embedding_dim, D.filter_sizes, D.num_filters)
 
     rates = matmul_rates(device)
     rate = max(rates.values())
@@ -223,20 +203,20 @@ def main():
     print(header)
     print("-" * len(header))
 
-    def measure(name, make_piece, flops, make_naive=None, logits=0, params_beyond_cache=0, batches=0):
+    def measure(name, make_piece, work, make_naive=None, logits=0, params_beyond_cache=0, batches=0):
         """Time ours, ours with plain torch kernels (``plain_torch``), and the naive reference (plain kernels
         too: it stands for the original algorithm as the original ran it)."""
         ours = timed(make_piece(), device)
         with plain_torch():
             plain = timed(make_piece(), device)
             naive = timed(make_naive(), device) if make_naive and not args.skip_naive else None
-        floor = flops / rate
+        floor = work / rate
         one_pass = 4 * params_beyond_cache * batches  # bytes: every fp32 parameter once per batch
         traffic = 10 * one_pass  # 3 passes in forward/backward (they overlap the products), 7 in Adam (they do not)
         full = max(floor + logits / softmax_per_s, 3 * one_pass / bandwidth) + 7 * one_pass / bandwidth
         cells = [f"{ours:8.2f}", f"{plain:8.2f}", f"{naive:8.2f}" if naive else f"{'-':>8s}",
                  f"{plain / ours:7.1f}x", f"{naive / ours:7.1f}x" if naive else f"{'-':>8s}",
-                 f"{flops / 1e9:8.1f}", f"{floor:8.2f}", f"{ours / floor:9.2f}x",
+                 f"{work / 1e9:8.1f}", f"{floor:8.2f}", f"{ours / floor:9.2f}x",
                  f"{logits / 1e9:6.2f}", f"{traffic / 1e9:6.1f}", f"{full:7.2f}", f"{ours / full:8.2f}x"]
         print(f"{name:28s} " + " ".join(cells), flush=True)
 
@@ -257,7 +237,7 @@ def main():
 
     completions = N * B * (T - 1) + B
     rollout_rows = N * B * T * (T - 1) // 2
-    d_shared = d_completion_flops(T, D.embedding.embedding_dim, D.filter_sizes, D.num_filters)
+    d_shared = flops.discriminator_completion(T, D.embedding.embedding_dim, D.filter_sizes, D.num_filters)
     print(f"D forward per sequence: {d_flops / 1e6:.1f} MFLOP; per rollout completion with prefix windows "
           f"shared: {d_shared / 1e6:.1f} MFLOP")
     g_flops = (B * T + rollout_rows) * step_flops + (completions - B) * d_shared + 2 * B * d_flops \

@@ -522,6 +522,7 @@ class RunProgress:
     elapsed: float              # seconds of training measured so far
     eta_seconds: float | None   # None: not yet known
     eta_note: str               # what the estimate leaves out
+    mfu: float | None = None    # the last units' mean share of the device's measured matmul peak (``flops``)
 
 
 PHASE_LABELS = {"init": "evaluating the untrained generator", "mle": "MLE pre-training of the generator",
@@ -563,7 +564,9 @@ def run_progress(info: RunInfo) -> RunProgress:
                   for p in set(remaining) if p in seconds)
     note = "not counting " + " and ".join(PHASE_LABELS[p] for p in untimed) + " (not timed yet)" if untimed else ""
     elapsed = sum(sum(v) for v in seconds.values())
-    return RunProgress(done / units if units else 0.0, done, units, phase, step, phase_total, elapsed, eta, note)
+    shares = [float(e["mfu"]) for e in events if "mfu" in e][-10:]
+    mfu = sum(shares) / len(shares) if shares else None
+    return RunProgress(done / units if units else 0.0, done, units, phase, step, phase_total, elapsed, eta, note, mfu)
 
 
 def progress_line(progress: RunProgress) -> str:
@@ -576,7 +579,14 @@ def progress_line(progress: RunProgress) -> str:
         return f"done: {progress.units} units in {format_seconds(progress.elapsed)}"
     return (f"{PHASE_LABELS.get(progress.phase, progress.phase)}: {progress.step}/{progress.phase_total} · "
             f"unit {progress.unit} of {progress.units} · time left {format_seconds(progress.eta_seconds)}"
-            + (f" ({progress.eta_note})" if progress.eta_note else ""))
+            + (f" ({progress.eta_note})" if progress.eta_note else "")
+            + (f" · {format_share(progress.mfu)} of the device's matmul peak" if progress.mfu is not None else ""))
+
+
+def format_share(share: float) -> str:
+    """A share as a percentage with two significant figures at least (0.4%, 3.1%, 41%)."""
+    percent = 100 * share
+    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.1f}%" if percent >= 0.1 else f"{percent:.2g}%"
 
 
 def format_seconds(seconds: float | None) -> str:

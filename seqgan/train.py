@@ -44,6 +44,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import flops
 from .checkpoint import FORMAT, TRAINING_ONLY, load_bundle, save_bundle, tokenizer_tensor
 from .corpus import MAX_SEQ_LEN, write_token_file
 from .distributed import SINGLE, DistContext, Objective
@@ -440,6 +441,8 @@ class Trainer:
         self.phase_units = Counter(phase for phase, _ in self.schedule)
         self.unit = 0  # next unit to run
         self.stop_requested = False
+        self.peak_flops = None  # the device's measured fp32 matmul rate (``flops.matmul_peak``), at ``run``
+        self.evaluation_seconds = 0.0  # time in ``evaluate`` during the current unit (left out of its ``mfu``)
         self.last_checkpoint_time = time.monotonic()
 
         torch.manual_seed(config.seed)
@@ -676,6 +679,13 @@ class Trainer:
         ``discriminator_scores`` (with held-out data, when D gives the rewards)."""
         if not self.dist.is_main:  # rank 0 evaluates; the others wait for it at the end of the unit
             return {}
+        started = time.perf_counter()
+        try:
+            return self._evaluate(name, adversarial)
+        finally:
+            self.evaluation_seconds += time.perf_counter() - started
+
+    def _evaluate(self, name: str, adversarial: bool) -> dict:
         rng = torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + self.unit)
         self.generator.eval()
         if self.run_dir is not None:
@@ -714,12 +724,15 @@ class Trainer:
     def run(self) -> str:
         """Run from the current position to the end (or a stop request). Returns 'finished' or 'stopped'."""
         c = self.config
-        self._status("running")
+        if self.peak_flops is None:
+            self.peak_flops = flops.matmul_peak(self.device)
+        self._status("running", peak_flops=self.peak_flops * self.dist.world_size)
         if self.unit == 0:
             self.emit({"unit": -1, "phase": "init", "step": 0, "total": 0, **self.evaluate("init")})
         while self.unit < len(self.schedule):
             phase, index = self.schedule[self.unit]
             started = time.perf_counter()
+            self.evaluation_seconds = 0.0
             total = self.phase_units[phase]
             last_of_phase = index == total - 1
             evaluation = f"{phase}-{index + 1:04d}" \
@@ -733,8 +746,12 @@ class Trainer:
             if evaluation is not None and phase == "mle":
                 event.update(self.evaluate(evaluation))
             self.unit += 1
+            seconds = time.perf_counter() - started
+            working = seconds - self.evaluation_seconds
+            if working > 0:
+                event["mfu"] = flops.unit(c, phase, len(self.data)) / (working * self.peak_flops * self.dist.world_size)
             self.emit({"unit": self.unit - 1, "phase": phase, "step": index + 1, "total": total,
-                       "seconds": time.perf_counter() - started, **event})
+                       "seconds": seconds, **event})
             if last_of_phase and phase == "mle":
                 self.save("mle")
             if last_of_phase and phase == "adversarial":

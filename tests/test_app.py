@@ -7,6 +7,7 @@ Runs go to a temporary ``SEQGAN_RUNS_DIR``; built-in demo runs are tiny real run
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import re
@@ -536,6 +537,12 @@ def test_progress_estimates_the_time_left_from_measured_units(runs_dir, demo_run
     assert progress.eta_seconds == pytest.approx(mle_seconds)  # one MLE epoch left; the rest not timed yet
     assert "discriminator" in progress.eta_note and "adversarial" in progress.eta_note
     assert studio.progress_line(progress).startswith("MLE pre-training of the generator: 1/2 · unit 1 of 5")
+    assert 0 < progress.mfu < 1  # the trainer's share of the device's measured matmul peak, shown as a percentage
+    run.metrics.write_text("".join(json.dumps({**e, "mfu": 0.0123} if e["unit"] >= 0 else e) + "\n" for e in events))
+    assert studio.progress_line(studio.run_progress(studio.get_run(run_id))).endswith(
+        " · 1.2% of the device's matmul peak")
+    run.metrics.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "mfu"}) + "\n" for e in events))
+    assert "peak" not in studio.progress_line(studio.run_progress(studio.get_run(run_id)))  # runs made before mfu
 
 
 def test_a_run_that_has_not_written_its_configuration_is_starting_or_not_started_and_can_be_deleted(runs_dir):

@@ -47,7 +47,7 @@ def state_equal(a: dict, b: dict) -> bool:
 
 
 def without_times(events: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in ("time", "seconds")} for e in events]
+    return [{k: v for k, v in e.items() if k not in ("time", "seconds", "mfu")} for e in events]
 
 
 def assert_error(status: int, err: str, *names: str) -> None:

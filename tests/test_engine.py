@@ -11,12 +11,15 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import chi_square_z
+from seqgan import flops
 from seqgan.checkpoint import FORMAT, bundle_bytes, load_bundle, save_bundle
 from seqgan.errors import ConfigError, InputError
 from seqgan.kernels import plain_kernels
@@ -87,7 +90,7 @@ def state_equal(a: dict, b: dict) -> bool:
 
 
 def without_times(events: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in ("time", "seconds")} for e in events]
+    return [{k: v for k, v in e.items() if k not in ("time", "seconds", "mfu")} for e in events]
 
 
 # ----- 1. the sampler -----------------------------------------------------------------------------------------
@@ -525,6 +528,7 @@ def test_tiny_run_through_all_phases(tmp_path):
             assert 0.0 <= e["d_acc"] <= 1.0
         if phase == "adversarial":
             assert 0.0 <= e["reward_mean"] <= 1.0
+        assert 0.0 < e["mfu"] < 1.0  # the share of the measured matmul peak (tiny networks: a small one)
         evaluated = phase != "d_pretrain" and ((step - 1) % config.eval_every == 0 or step == total)
         assert ({"nll_oracle", "nll_test"} <= e.keys()) == evaluated, e
         if evaluated:
@@ -556,6 +560,7 @@ def test_tiny_run_through_all_phases(tmp_path):
     status = run.read_json(run.status)
     assert status["state"] == "finished" and status["device"] == "cpu"
     assert status["unit"] == status["units"] == units
+    assert status["peak_flops"] == trainer.peak_flops > 1e8
 
 
 def test_adversarial_evaluations_score_held_out_data_with_the_discriminator(tmp_path):
@@ -608,6 +613,27 @@ def test_a_slim_checkpoint_cannot_continue_training_wherever_it_is_resumed(tmp_p
     (tmp_path / "run" / "status.json").unlink()  # as if it had not finished: run_to_end resumes it
     with pytest.raises(InputError, match="cannot continue training"):
         run_to_end(Trainer(config, train, tmp_path / "run", evaluate))
+
+
+def test_the_work_counted_for_the_hardware_share_is_that_of_the_networks_products():
+    """``flops`` counts what torch's FLOP counter counts for the same networks (plain layers, forward and
+    backward): the discriminator exactly, the generator's step as an LSTM cell and the output projection."""
+    V, E, H, T, B = 50, 8, 16, 7, 12
+    D = Discriminator(V, T, 8, [2, 3, 7], [4, 5, 3], 0.75, 0.2)
+    tokens = torch.randint(0, V, (B, T), generator=seeded(3))
+    with plain_kernels(), FlopCounterMode(display=False) as counter:
+        D(tokens).sum().backward()
+    assert counter.get_total_flops() == 3 * B * flops.discriminator_forward(T, 8, [2, 3, 7], [4, 5, 3])
+    cell, projection = torch.nn.LSTMCell(E, H), torch.nn.Linear(H, V)
+    with FlopCounterMode(display=False) as counter:
+        projection(cell(torch.zeros(B, E))[0])
+    assert counter.get_total_flops() == B * flops.generator_step(V, E, H)
+    # a unit's work is its pieces': an adversarial iteration is its generator steps and discriminator rounds
+    config = tiny_config(g_steps=2, d_steps=3)
+    assert flops.unit(config, "adversarial", 100) == pytest.approx(
+        2 * flops.generator_pg_step(config) + 3 * flops.unit(config, "d_pretrain", 100))
+    assert flops.unit(replace(config, reward="bleu"), "adversarial", 100) == 2 * flops.generator_pg_step(
+        replace(config, reward="bleu")) < 2 * flops.generator_pg_step(config)
 
 
 # ----- 6. stop and resume give exactly the weights of an uninterrupted run ---------------------------------------
