@@ -235,13 +235,13 @@ def main():
             return step
         return make
 
-    completions = N * B * (T - 1) + B
-    rollout_rows = N * B * T * (T - 1) // 2
+    rollout_rows = B * T + N * B * (T - 1) * (T - 2) // 2  # flops.generator_pg_step's count
     d_shared = flops.discriminator_completion(T, D.embedding.embedding_dim, D.filter_sizes, D.num_filters)
     print(f"D forward per sequence: {d_flops / 1e6:.1f} MFLOP; per rollout completion with prefix windows "
           f"shared: {d_shared / 1e6:.1f} MFLOP")
-    g_flops = (B * T + rollout_rows) * step_flops + (completions - B) * d_shared + 2 * B * d_flops \
-        + 3 * B * T * step_flops
+    g_flops = flops.generator_pg_step(train.TrainConfig(vocab_size=V, seq_len=T, batch_size=B, rollouts=N,
+                                                        d_filter_sizes=list(D.filter_sizes),
+                                                        d_num_filters=list(D.num_filters)))
     if "g" in args.pieces:
         measure(f"adversarial G step (N={N})", g_step(rollout_rewards), g_flops, g_step(naive_rollout_rewards),
                 logits=(2 * B * T + rollout_rows) * V)  # sampling, rollouts, log-probabilities

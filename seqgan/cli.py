@@ -113,8 +113,11 @@ def begin_run(args, run) -> tuple:
     from .oracle import load_oracle, random_oracle, write_task
     from .train import TrainConfig, resolve_device
 
-    if run.config.exists():
-        raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
+    def refuse_an_existing_run():
+        if run.config.exists():
+            raise SeqGANError(f"{run.path}: already holds a run; use --resume to continue it or pick a new --run-dir")
+
+    refuse_an_existing_run()
     overrides = config_overrides(args)
     test_fraction = TEST_FRACTION if args.test_fraction is None else args.test_fraction
     num_train = NUM_TRAIN if args.num_train is None else args.num_train
@@ -146,7 +149,8 @@ def begin_run(args, run) -> tuple:
     if args.data and int(tokens.max()) >= config.vocab_size:
         raise ConfigError(f"--vocab-size {config.vocab_size}: {args.data} has token id {int(tokens.max())}")
     resolve_device(config.device)  # a device this machine lacks is refused before the run directory exists
-    run.create()
+    run.create().claim()
+    refuse_an_existing_run()  # again: another new run into this folder may have got there first
     if corpus is not None:
         for line in corpus.notes + [f"left out: {problem}" for problem in corpus.problems]:
             run.log_line(line)
@@ -178,10 +182,12 @@ def check_resume_alone(args, run) -> None:
     if given:
         raise ConfigError(f"--resume continues {run.path} with the settings in its config.json; {', '.join(given)} "
                           f"would change them (start a new run for other settings; --device may change)")
-    run.claim()
+    if run.config.is_file():  # a folder without a run gets no .lock; reading its config.json says why
+        run.claim()
 
 
 def cmd_train(args) -> int:
+    from . import flops
     from .checkpoint import load_bundle
     from .corpus import corpus_evaluator, read_token_file, sequence_nll, tokenizer_from_bytes
     from .oracle import load_oracle, oracle_evaluator
@@ -226,8 +232,8 @@ def cmd_train(args) -> int:
         evaluate = (lambda g, rng: {"nll_test": sequence_nll(g, heldout)}) if heldout is not None else None
 
     def show(event):
-        fields = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in event.items() if k not in ("time", "unit"))
+        fields = " ".join(f"{k}={flops.percent(v)}" if k == "mfu" else f"{k}={v:.4f}" if isinstance(v, float)
+                          else f"{k}={v}" for k, v in event.items() if k not in ("time", "unit"))
         run.log_line(fields)
         if not args.quiet:
             print(fields, flush=True)

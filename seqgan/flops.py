@@ -9,7 +9,9 @@ the benchmark's floors and the trainer's ``mfu`` (model FLOPs utilisation: the s
 work over its time implies) use them.
 
 The peak is measured, not looked up: an fp32 matrix product on the training device at the start of a run
-(``matmul_peak``), with the threads the run uses, so a shared or throttled machine shows as it is.
+(``matmul_peak``), with the threads the run uses, so a shared or throttled machine shows as it is. Where work
+runs faster than fp32 products (a GPU's TF32 convolutions in cuDNN, ``d_precision=bf16``) the share can be
+overstated, even above 1.
 """
 
 from __future__ import annotations
@@ -69,8 +71,10 @@ def generator_pg_step(config) -> float:
     (when it gives the rewards), and the weighted likelihood's forward and backward."""
     step, d = _sizes(config)
     B, T, N = config.batch_size, config.seq_len, config.rollouts
-    rollout_rows = N * B * T * (T - 1) // 2  # the completion of a t-token prefix takes T - t steps
-    work = B * T * step + rollout_rows * step + 3 * B * T * step
+    # The rollout: one teacher-forced pass over the batch gives every prefix's state and its first drawn token,
+    # then the completion of a t-token prefix takes T - t - 1 more steps (``rollout.batched_rollout``).
+    rollout_rows = B * T + N * B * (T - 1) * (T - 2) // 2
+    work = B * T * step + rollout_rows * step + 3 * B * T * step  # sampling, rollout, the weighted likelihood
     if config.reward == "discriminator":
         shared = discriminator_completion(T, config.d_emb_dim, config.d_filter_sizes, config.d_num_filters)
         work += N * B * (T - 1) * shared + 2 * B * d  # completions; whole sequences and their prefix windows
@@ -122,3 +126,9 @@ def _measure_matmul(device: torch.device, n: int) -> float:
         product()
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best
+
+
+def percent(share: float) -> str:
+    """A share as a percentage: 41%, 3.1%, 0.012%."""
+    value = 100 * share
+    return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%" if value >= 0.1 else f"{value:.2g}%"

@@ -88,6 +88,7 @@ import tempfile
 import warnings
 import wave
 import zipfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -446,11 +447,14 @@ def _collect_files(sources: list, max_bytes: int) -> tuple[list[tuple[str, bytes
     for source in sources:
         try:
             for name, data in _source_files(source, max_bytes, problems):
-                _check_size(name, len(data), max_bytes)
-                if name.lower().endswith(ZIP_SUFFIXES):
-                    files.extend(_zip_members(name, data, max_bytes, problems))
-                else:
-                    files.append((name, data))
+                try:  # one bad file (a broken zip in a folder) leaves the others to be read
+                    _check_size(name, len(data), max_bytes)
+                    if name.lower().endswith(ZIP_SUFFIXES):
+                        files.extend(_zip_members(name, data, max_bytes, problems))
+                    else:
+                        files.append((name, data))
+                except InputError as problem:
+                    problems.append(problem)
         except InputError as problem:
             problems.append(problem)
     return files, problems
@@ -464,15 +468,20 @@ def _source_files(source, max_bytes: int, problems: list) -> Iterable[tuple[str,
         raise InputError(repr(source)[:80], "not a path or a (filename, bytes) pair")
     path = Path(source)
     if path.is_dir():
+        others = []
         for member in sorted(path.rglob("*")):
             inside = member.relative_to(path).parts
             if not member.is_file() or _not_a_user_file(inside):
                 continue
+            if not member.name.lower().endswith(MUSIC_SUFFIXES + ZIP_SUFFIXES):
+                others.append("/".join(inside))
+                continue
             try:
-                _check_suffix(str(member), MUSIC_SUFFIXES + ZIP_SUFFIXES)  # unread files are listed, as in zips
                 yield str(member), _read_path(member, max_bytes)
             except InputError as problem:
                 problems.append(problem)
+        if others:
+            problems.append(_not_read(str(path), others, MUSIC_SUFFIXES + ZIP_SUFFIXES))
     elif path.is_file():
         yield str(path), _read_path(path, max_bytes)
     else:
@@ -492,9 +501,17 @@ def _not_a_user_file(parts: tuple[str, ...]) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in parts)
 
 
-def _check_suffix(name: str, suffixes: tuple[str, ...]) -> None:
-    if not name.lower().endswith(suffixes):
-        raise InputError(name, f"unsupported file type (expected one of {', '.join(suffixes)})")
+def _not_read(container: str, names: list[str], suffixes: tuple[str, ...]) -> InputError:
+    """One problem for all the files of a folder or zip that are not music: their names, or when there are many
+    (a whole music library of .mp3 files), how many of each type."""
+    if len(names) <= 5:
+        which = ", ".join(names)
+    else:
+        types = Counter(Path(name).suffix.lower() or "(no extension)" for name in names)
+        which = ", ".join(f"{count:,} {suffix}" for suffix, count in types.most_common())
+    plural = "s" if len(names) > 1 else ""
+    return InputError(container, f"{len(names):,} file{plural} not read, not of a music type ({which}; "
+                                 f"expected one of {', '.join(suffixes)})")
 
 
 def _check_size(name: str, size: int, max_bytes: int) -> None:
@@ -508,21 +525,25 @@ def _zip_members(zip_name: str, data: bytes, max_bytes: int, problems: list) -> 
         infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise InputError(zip_name, f"not a readable zip archive ({_first_line(exc)})") from None
-    members = []
+    members, others = [], []
     for info in infos:
         if info.is_dir() or _not_a_user_file(Path(info.filename).parts):
             continue
         name = f"{zip_name}/{info.filename}"
+        if not name.lower().endswith(MUSIC_SUFFIXES + ZIP_SUFFIXES):
+            others.append(info.filename)
+            continue
         try:
             _check_size(name, info.file_size, max_bytes)  # checked before inflating: no zip bombs
             if name.lower().endswith(ZIP_SUFFIXES):
                 raise InputError(name, "a zip inside a zip is not unpacked: put its files in the outer zip")
-            _check_suffix(name, MUSIC_SUFFIXES)
             members.append((name, archive.read(info)))
         except InputError as problem:
             problems.append(problem)
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
             problems.append(InputError(name, f"cannot be unpacked ({_first_line(exc)})"))
+    if others:
+        problems.append(_not_read(zip_name, others, MUSIC_SUFFIXES))
     return members
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from .checkpoint import atomic_write_bytes
 from .errors import SeqGANError
 
-_claimed: dict[Path, int] = {}  # run directories this process trains: resolved path -> the open lock file
+_claimed: dict[tuple[int, int], int] = {}  # run directories this process trains: (device, inode) -> lock fd
 
 
 class RunInUse(SeqGANError):
@@ -80,15 +80,17 @@ class RunDir:
         Two processes training one run directory would interleave their events and overwrite each other's
         checkpoints (a ``seqgan oracle run`` started twice, or ``seqgan train --resume`` beside the app's job).
         The lock is an flock on ``.lock``, so the system releases it when the process ends however it ends; the
-        same process may claim a run again (a test that resumes in-process). Where the file system has no flock,
-        nothing is locked.
+        same process may claim a run again (a test that resumes in-process). Where the directory does not exist
+        yet, or the file system has no flock, nothing is locked.
         """
-        key = self.path.resolve()
-        if key in _claimed:
-            return self
         try:
+            folder = os.stat(self.path)
             fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # no such run directory: nothing to guard (reading its config.json says so)
+        except FileNotFoundError:
+            return self
+        key = (folder.st_dev, folder.st_ino)  # not the path: a folder deleted and made again is another run
+        if key in _claimed:
+            os.close(fd)
             return self
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,8 +102,11 @@ class RunDir:
         except OSError:
             os.close(fd)
             return self
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:  # the pid only names the holder in another process's message
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            pass
         _claimed[key] = fd
         return self
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import jobs
+from . import flops, jobs
 from .checkpoint import ROLES, atomic_write_bytes, load_bundle, tokenizer_bytes
 from .corpus import MAX_SEQ_LEN
 from .errors import ConfigError, InputError, SeqGANError
@@ -580,13 +580,7 @@ def progress_line(progress: RunProgress) -> str:
     return (f"{PHASE_LABELS.get(progress.phase, progress.phase)}: {progress.step}/{progress.phase_total} · "
             f"unit {progress.unit} of {progress.units} · time left {format_seconds(progress.eta_seconds)}"
             + (f" ({progress.eta_note})" if progress.eta_note else "")
-            + (f" · {format_share(progress.mfu)} of the device's matmul peak" if progress.mfu is not None else ""))
-
-
-def format_share(share: float) -> str:
-    """A share as a percentage with two significant figures at least (0.4%, 3.1%, 41%)."""
-    percent = 100 * share
-    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.1f}%" if percent >= 0.1 else f"{percent:.2g}%"
+            + (f" · {flops.percent(progress.mfu)} of the device's matmul peak" if progress.mfu is not None else ""))
 
 
 def format_seconds(seconds: float | None) -> str:

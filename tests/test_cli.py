@@ -343,6 +343,9 @@ def test_train_with_a_missing_data_file_exits_2(tmp_path, capsys, restore_sigter
     assert_error(status, err, str(missing))
     status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "other", "--resume")
     assert_error(status, err, "config.json")
+    status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path, "--resume")  # a folder, but not a run
+    assert_error(status, err, "config.json")
+    assert not (tmp_path / ".lock").exists()  # nothing left behind in it
 
 
 def signal_at_unit(argv, status_file: Path, unit: int, signum: int, timeout: float = 60) -> tuple[int, str, str]:

@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -636,6 +637,38 @@ def test_the_work_counted_for_the_hardware_share_is_that_of_the_networks_product
         replace(config, reward="bleu")) < 2 * flops.generator_pg_step(config)
 
 
+@pytest.mark.parametrize("num_train, overrides", [(25, {}), (70, dict(d_batch_size=30)), (70, dict(reward="bleu"))])
+def test_the_work_counted_for_each_piece_is_what_the_trainer_does(num_train, overrides):
+    """An MLE epoch, a discriminator round and a policy-gradient step, counted as they run (torch's FLOP counter
+    with plain layers, plus the LSTM's gates, which it does not see), against ``flops``: corpora smaller and
+    larger than num_negatives, partial batches dropped, the rollout's shared first step, PG-BLEU without D."""
+    config = tiny_config(**{"batch_size": 16, "num_negatives": 40, "d_batch_size": 32, "d_epochs": 2,
+                            "rollouts": 3, **overrides})
+    train = random_oracle(11, config.vocab_size, 8, 8).sample(num_train, config.seq_len, generator=seeded(11))
+    bleu = (lambda tokens: torch.ones(len(tokens))) if config.reward == "bleu" else None
+    trainer = Trainer(config, train, reward_fn=bleu)
+    lstm, gates = trainer.generator.lstm, 2 * 4 * config.g_hidden_dim * (config.g_emb_dim + config.g_hidden_dim)
+    lstm_work = [0]
+
+    def counted_lstm(x, state=None, forward=lstm.forward):
+        lstm_work[0] += x.shape[0] * x.shape[1] * gates * (3 if torch.is_grad_enabled() else 1)
+        return forward(x, state)
+
+    lstm.forward = counted_lstm
+
+    def work_of(piece) -> float:
+        lstm_work[0] = 0
+        with plain_kernels(), FlopCounterMode(display=False) as counter:
+            piece()
+        return counter.get_total_flops() + lstm_work[0]
+
+    assert work_of(lambda: trainer.mle_epoch(0)) == pytest.approx(flops.mle_epoch(config, num_train), rel=0.01)
+    if config.reward == "discriminator":
+        assert work_of(trainer.discriminator_round) == pytest.approx(flops.discriminator_round(config, num_train),
+                                                                    rel=0.01)
+    assert work_of(trainer.generator_pg_step) == pytest.approx(flops.generator_pg_step(config), rel=0.01)
+
+
 # ----- 6. stop and resume give exactly the weights of an uninterrupted run ---------------------------------------
 def test_stop_and_resume_is_exactly_an_uninterrupted_run(tmp_path):
     config = tiny_config(mle_epochs=4, d_pretrain_rounds=2, adv_iters=4, eval_every=3)
@@ -742,6 +775,12 @@ def test_a_run_directory_another_process_trains_is_refused_until_that_process_en
     trainer = Trainer(config, train, run.path, evaluate)  # the lock went with the process
     assert Trainer(config, train, run.path, evaluate).run() == "finished"  # the same process may claim it again
     assert trainer.run_dir.finished()
+    # a folder deleted and made again is another run: this process holds it only once it claims it anew
+    shutil.rmtree(run.path)
+    Trainer(config, train, run.path, evaluate)
+    other = subprocess.run([sys.executable, "-c", f"from seqgan.runs import RunDir; RunDir({str(run.path)!r}).claim()"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert other.returncode != 0 and f"another process (pid {os.getpid()}) is training this run" in other.stderr
 
 
 # ----- 7. configuration errors and tampered checkpoints ----------------------------------------------------------

@@ -333,11 +333,29 @@ def test_a_folder_is_read_with_its_music_files_and_lists_the_others_as_a_zip_doe
         for name in ("README.txt", "._scale.mid", ".git/HEAD", "__MACOSX/tunes.abc"):
             zipped.writestr(name, "not music")
     (tmp_path / "more.zip").write_bytes(archive.getvalue())
+    (tmp_path / "a-broken.zip").write_bytes(b"PK\x03\x04 broken")  # listed first: the files after it still count
     melodies, problems = read_melodies(tmp_path, transpose=False)
     assert len(melodies) == 3
-    assert sorted(p.source for p in problems) == [str(tmp_path / "README.txt"), f"{tmp_path / 'more.zip'}/README.txt",
-                                                  f"{tmp_path / 'tunes.abc'} X:2 Broken"]
-    assert all("unsupported file type" in str(p) for p in problems if p.source.endswith("README.txt"))
+    assert [(p.source, p.problem.split(" (")[0]) for p in problems] == [
+        (str(tmp_path / "a-broken.zip"), "not a readable zip archive"),
+        (str(tmp_path / "more.zip"), "1 file not read, not of a music type"),
+        (str(tmp_path), "1 file not read, not of a music type"),
+        (f"{tmp_path / 'tunes.abc'} X:2 Broken", "broken ABC tune")]
+    assert "(README.txt; expected one of .mid," in str(problems[2])
+
+
+def test_the_files_of_a_folder_that_are_not_music_are_one_problem_however_many():
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("tune.abc", GOOD_ABC)
+        for i in range(2000):
+            zipped.writestr(f"audio/{i}.mp3", b"ID3")
+        for name in ("cover.jpg", "back.JPG", "LICENSE"):
+            zipped.writestr(name, b"x")
+    melodies, problems = read_melodies([("library.zip", archive.getvalue())], transpose=False)
+    assert len(melodies) == 2 and [p.source for p in problems] == ["library.zip", "library.zip/tune.abc X:2 Broken"]
+    assert problems[0].problem.startswith("2,003 files not read, not of a music type (2,000 .mp3, 2 .jpg, "
+                                          "1 (no extension); expected one of .mid,")
 
 
 def test_a_batch_with_bad_files_and_a_broken_tune_imports_the_rest():
