@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from . import flops
 from .checkpoint import load_bundle
 from .metrics import BleuScorer, mean_sd, over_seeds
 from .errors import ConfigError, InputError
@@ -123,10 +124,12 @@ def run_seed(preset: str, seed: int, out_dir: Path, oracle_params: str | None = 
     def progress(name):
         def callback(event):
             where = f"[seed {seed}] {name:7s} {event['phase']:11s} {event['step']:4d}/{event['total']:<4d}"
+            share = f", {flops.percent(event['mfu'])} of peak" if "mfu" in event else ""
+            took = f" ({event['seconds']:.0f} s{share})" if "seconds" in event else ""  # the init event: untimed
             if "nll_oracle" in event:
-                log(f"{where} nll_oracle={event['nll_oracle']:.4f} nll_test={event['nll_test']:.4f}")
+                log(f"{where} nll_oracle={event['nll_oracle']:.4f} nll_test={event['nll_test']:.4f}{took}")
             elif event["phase"] == "d_pretrain":  # no evaluation of G in this phase, which can take an hour
-                log(f"{where} d_loss={event['d_loss']:.4f} d_acc={event['d_acc']:.4f} ({event['seconds']:.0f} s)")
+                log(f"{where} d_loss={event['d_loss']:.4f} d_acc={event['d_acc']:.4f}{took}")
         return callback
 
     def train_model(name, config, begin=None, **kwargs):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -246,6 +247,8 @@ def test_oracle_experiment_writes_table1_and_figure2(tiny_experiment):
     assert len(curves["SS"]) == 3
     assert any("PG-BLEU" in line for line in logs)
     assert any("SeqGAN  d_pretrain     1/1" in line and "d_acc=" in line for line in logs)  # a silent phase no more
+    timed = [line for line in logs if "nll_oracle=" in line and " init " not in line]
+    assert timed and all(re.search(r"\(\d+ s, [\d.e-]+% of peak\)$", line) for line in timed), logs
 
 
 def test_figure2_puts_seqgan_and_pg_bleu_on_the_same_axis(tiny_experiment):
