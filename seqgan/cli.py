@@ -214,10 +214,9 @@ def cmd_train(args) -> int:
         dist.barrier()
 
     device = dist.device if dist.distributed else resolve_device(config.device)
-    if args.resume and not (run.path / "train.txt").is_file():
-        raise InputError(run.path, "has no train.txt, the data it trains on: an exported run samples but cannot "
-                                   "continue training")
-    train = read_token_file(run.path / "train.txt", config.vocab_size)
+    if args.resume:
+        run.check_trainable()
+    train = read_token_file(run.train_data, config.vocab_size)
     heldout_path = run.path / "heldout.txt"
     heldout = read_token_file(heldout_path, config.vocab_size).to(device) if heldout_path.stat().st_size else None
     tokenizer = None
@@ -410,30 +409,52 @@ EXPORTED_FILES = ("config.json", "tokenizer.bin", "heldout.txt", "metrics.jsonl"
 
 
 def cmd_export(args) -> int:
-    """A small copy of a finished run for sharing: its record, samples and slim MLE/SeqGAN checkpoints."""
+    """A small copy of a run for sharing: its record, samples and slim MLE/SeqGAN checkpoints. The copy is a
+    record, not a run to continue: its status is that of the run when exported, without the training process."""
     import shutil
 
     from .checkpoint import load_bundle, save_bundle, slim_bundle
+    from .runs import RunDir
 
-    source, target = Path(args.run_dir), Path(args.out)
-    if not (source / "config.json").is_file():
-        raise SeqGANError(f"{source}: not a run directory (no config.json)")
+    source, target = RunDir(args.run_dir), Path(args.out)
+    if not source.config.is_file():
+        raise SeqGANError(f"{source.path}: not a run directory (no config.json)")
+    if target.resolve() == source.path.resolve() or source.path.resolve() in target.resolve().parents:
+        raise SeqGANError(f"--out {target}: is the run directory {source.path} or inside it; export to another folder")
     if target.is_dir() and any(target.iterdir()):
         raise SeqGANError(f"{target}: exists and is not empty")
-    roles = [role for role in ("mle", "seqgan") if (source / "checkpoints" / f"{role}.pt").is_file()]
-    if not roles:
-        raise SeqGANError(f"{source}: has no mle.pt or seqgan.pt checkpoint yet")
-    slim = {role: slim_bundle(load_bundle(source / "checkpoints" / f"{role}.pt")) for role in roles}
-    if target.exists() and not target.is_dir():  # checked before anything is written
+    if target.exists() and not target.is_dir():
         raise SeqGANError(f"{target}: exists and is not a folder")
-    for name in EXPORTED_FILES:
-        if (source / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / name, target / name)
-    if (source / "samples").is_dir():
-        shutil.copytree(source / "samples", target / "samples")
-    for role, bundle in slim.items():
-        save_bundle(bundle, target / "checkpoints" / f"{role}.pt")
+    roles = [role for role in ("mle", "seqgan") if source.checkpoint(role).is_file()]
+    if not roles:
+        raise SeqGANError(f"{source.path}: has no mle.pt or seqgan.pt checkpoint"
+                          + ("" if source.finished() else " yet"))
+    slim = {role: slim_bundle(load_bundle(source.checkpoint(role))) for role in roles}
+    # Written into a hidden sibling folder and renamed into place: a failure leaves no half-made export.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for name in EXPORTED_FILES:
+            if (source.path / name).is_file():
+                shutil.copyfile(source.path / name, staging / name)
+        status = source.read_status()
+        if status is not None:  # the training process is not part of the copy, nor is a state it could resume
+            status.pop("pid", None)
+            if status.get("state") != "finished":
+                status["state"] = "stopped"
+            RunDir(staging).write_json(RunDir(staging).status, status)
+        if source.samples.is_dir():
+            shutil.copytree(source.samples, staging / "samples")
+        for role, bundle in slim.items():
+            save_bundle(bundle, staging / "checkpoints" / f"{role}.pt")
+        if target.is_dir():
+            target.rmdir()  # empty (checked above)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     print(f"exported {', '.join(roles)} checkpoints: {target}")
     return 0
 

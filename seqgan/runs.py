@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import atomic_write_bytes
-from .errors import SeqGANError
+from .errors import InputError, SeqGANError
 
 _claimed: dict[tuple[int, int], int] = {}  # run directories this process trains: (device, inode) -> lock fd
 
@@ -45,6 +45,7 @@ class RunDir:
         self.log = self.path / "log.txt"
         self.job = self.path / "job.json"
         self.output = self.path / "output.txt"
+        self.train_data = self.path / "train.txt"
 
     @property
     def name(self) -> str:
@@ -109,6 +110,13 @@ class RunDir:
             pass
         _claimed[key] = fd
         return self
+
+    def check_trainable(self) -> None:
+        """Refuse, before anything changes, a run that cannot continue training: an exported one has no
+        train.txt (the data it trains on)."""
+        if not self.train_data.is_file():
+            raise InputError(self.path, "has no train.txt, the data it trains on: an exported run samples but "
+                                        "cannot continue training")
 
     def checkpoint(self, role: str) -> Path:
         return self.checkpoints / f"{role}.pt"

@@ -402,6 +402,7 @@ def resume_training(run_id: str, threads: int | None = None) -> None:
     """Continue a stopped run from latest.pt, or without one start it again (its earlier events go at once, so
     the page does not show the old attempt's progress while the job prepares)."""
     info = _user_run(run_id)
+    info.run.check_trainable()  # before its events go
     if not info.run.checkpoint("latest").is_file():
         info.run.truncate_events(-1)
     job = jobs.read_job(info.run) or {}
@@ -449,8 +450,10 @@ class RunInfo:
 
     @property
     def resumable(self) -> bool:
-        """Stopped or interrupted after the trainer started (it wrote config.json): resume can continue it."""
-        return not self.builtin and self.state.resumable and self.run.config.is_file()
+        """Stopped or interrupted after the trainer started (it wrote config.json), with the data it trains on
+        (an exported run has none): resume can continue it."""
+        return (not self.builtin and self.state.resumable and self.run.config.is_file()
+                and self.run.train_data.is_file())
 
     def checkpoints(self) -> dict[str, Path]:
         return {role: self.run.checkpoint(role) for role in ROLES if self.run.checkpoint(role).is_file()}

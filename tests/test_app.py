@@ -21,8 +21,9 @@ import pytest
 import torch
 
 from e2e_helpers import APP, REPO, TINY, abc_tunes, make_runs, melody_zip, poem_lines
-from seqgan import jobs, studio
+from seqgan import cli, jobs, studio
 from seqgan.checkpoint import bundle_bytes, load_bundle
+from seqgan.errors import SeqGANError
 from seqgan.runs import RunDir
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="streamlit is not installed").AppTest
@@ -279,6 +280,20 @@ def test_train_page_starts_stops_and_resumes_a_real_job(runs_dir):
     assert wait_for(run_id, ("stopped",)) == "stopped"
     units = [e["unit"] for e in stopped.events()]
     assert units == list(range(-1, len(units) - 1))  # the earlier attempts' events are gone
+
+
+def test_an_exported_run_is_a_record_never_offered_to_resume_and_never_emptied(runs_dir, demo_runs):
+    run = RunDir(runs_dir / user_run(runs_dir, demo_runs, "poems"))
+    run.write_json(run.status, {**run.read_status(), "state": "stopped"})  # as if stopped part-way, then exported
+    assert cli.main(["export", "--run-dir", str(run.path), "--out", str(runs_dir / "exported")]) == 0
+    exported = studio.get_run("exported")
+    events = exported.run.events()
+    assert exported.state.state == "stopped" and not exported.resumable
+    at = open_page("train", run="exported")
+    assert not any(b.label in ("Resume", "Start again") for b in at.button)
+    with pytest.raises(SeqGANError, match="has no train.txt"):
+        studio.resume_training("exported")
+    assert exported.run.events() == events and len(events) > 1  # its record is untouched
 
 
 def test_train_page_follows_a_smoke_run_to_the_end(runs_dir):

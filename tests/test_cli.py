@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqgan import checkpoint
 from seqgan.checkpoint import bundle_bytes, load_bundle
 from seqgan.cli import main
 from seqgan.metrics import bleu
@@ -136,6 +137,32 @@ def test_export_checks_the_checkpoints_before_writing_anything(token_run, tmp_pa
     status, _, err = run_cli(capsys, "export", "--run-dir", source, "--out", tmp_path / "out")
     assert_error(status, err, "mle.pt")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_is_a_record_made_whole_or_not_at_all_and_never_inside_its_run(token_run, tmp_path, capsys,
+                                                                                 monkeypatch):
+    root, _ = token_run
+    source = RunDir(tmp_path / "run")
+    shutil.copytree(root / "run", source.path)
+    source.write_json(source.status, {**source.read_status(), "state": "running", "pid": os.getpid()})
+    for inside in (source.path, source.path / "samples" / "copy", source.path / "sub"):
+        status, _, err = run_cli(capsys, "export", "--run-dir", source.path, "--out", inside)
+        assert_error(status, err, "is the run directory")
+    assert not (source.path / "sub").exists() and not (source.path / "samples" / "copy").exists()
+    status, _, err = run_cli(capsys, "export", "--run-dir", source.path, "--out", tmp_path / "out")
+    assert status == 0, err
+    exported = RunDir(tmp_path / "out")
+    assert exported.read_status()["state"] == "stopped" and "pid" not in exported.read_status()  # no process to find
+    assert not (exported.path / "train.txt").exists() and exported.events() == source.events()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the staging folder went
+    # a failure part-way (the disk full at the last checkpoint) leaves nothing at --out, nor beside it
+    def disk_full(bundle, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "save_bundle", disk_full)
+    status, _, err = run_cli(capsys, "export", "--run-dir", source.path, "--out", tmp_path / "partial")
+    assert status != 0 and "No space left on device" in err
+    assert not (tmp_path / "partial").exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_oracle_parameters_that_are_not_finite_are_refused(tmp_path, capsys):
