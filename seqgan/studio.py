@@ -851,10 +851,22 @@ def models_of(source_id: str) -> list[ModelRef]:
                else "not measured yet")
     refs = []
     for role in roles:
-        metrics, measured = _phase_metrics(events, {"mle": "mle", "seqgan": "adversarial"}.get(role))
+        shown = events
+        if role == "latest":  # saved every few minutes, while events come every unit: only those before it count
+            unit = _checkpoint_unit(found[role])
+            shown = [e for e in events if unit is None or e.get("unit", -1) < unit]
+        metrics, measured = _phase_metrics(shown, {"mle": "mle", "seqgan": "adversarial"}.get(role))
         refs.append(ModelRef(f"{ROLE_LABELS[role]} — {name}", found[role], metrics, measured,
                              "" if metrics else missing))
     return refs
+
+
+def _checkpoint_unit(path: Path) -> int | None:
+    """The number of units of the schedule a checkpoint had trained (None when it cannot be read)."""
+    try:
+        return int(load_bundle(path)["position"]["unit"])
+    except (SeqGANError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _phase_metrics(events: list[dict], phase: str | None) -> tuple[dict, str]:

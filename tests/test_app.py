@@ -22,7 +22,7 @@ import torch
 
 from e2e_helpers import APP, REPO, TINY, abc_tunes, make_runs, melody_zip, poem_lines
 from seqgan import cli, jobs, studio
-from seqgan.checkpoint import bundle_bytes, load_bundle
+from seqgan.checkpoint import bundle_bytes, load_bundle, save_bundle
 from seqgan.errors import SeqGANError
 from seqgan.runs import RunDir
 
@@ -442,6 +442,18 @@ def test_checkpoint_uploads_that_are_not_ours_get_a_clear_error(runs_dir, demo_r
     assert not at.exception
     assert name in at.error[0].value and problem in at.error[0].value, at.error[0].value
     assert not list((runs_dir / "uploaded").glob("*.pt")) if (runs_dir / "uploaded").exists() else True
+
+
+def test_compare_shows_a_latest_checkpoint_with_the_metrics_of_its_own_unit(runs_dir, demo_runs):
+    run = RunDir(runs_dir / user_run(runs_dir, demo_runs, "poems"))
+    bundle = load_bundle(run.checkpoint("mle"))  # MLE ended at unit mle_epochs; pretend latest.pt was saved at 1
+    save_bundle({**bundle, "role": "latest", "position": {**bundle["position"], "unit": 1}}, run.checkpoint("latest"))
+    run.checkpoint("mle").unlink()
+    run.checkpoint("seqgan").unlink()  # as in a run killed during MLE, whose later units were logged, not saved
+    [ref] = studio.models_of(run.name)
+    [first] = [e for e in run.events() if e["unit"] == 0]  # the one unit latest.pt had trained
+    assert ref.measured == "after MLE epoch 1" and ref.metrics["nll_test"] == first["nll_test"]
+    assert [e for e in run.events() if e["unit"] >= 1 and "nll_test" in e]  # what it showed before
 
 
 def test_an_uploaded_checkpoint_is_kept_listed_and_compared(runs_dir, demo_runs):
