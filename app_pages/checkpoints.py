@@ -46,15 +46,21 @@ with ui.reported(info.id):
 if actions.button("Open in Compare", icon=":material/compare:"):
     st.session_state["compare_source"] = info.run_id or info.id
     st.switch_page("app_pages/compare.py")
+training = studio.still_training(info)
 if info.deletable:
-    if actions.button("Delete checkpoint…", icon=":material/delete:"):
+    why = "Its run is still training: stop it on the Train page first." if training else None
+    if actions.button("Delete checkpoint…", icon=":material/delete:", disabled=training, help=why):
         st.session_state["confirm_delete"] = ("checkpoint", info.id)
-    if info.run_id is not None and actions.button("Delete the whole run…", icon=":material/delete_forever:"):
+    if info.run_id is not None and actions.button("Delete the whole run…", icon=":material/delete_forever:",
+                                                  disabled=training, help=why):
         st.session_state["confirm_delete"] = ("run", info.run_id)
 else:
     st.caption("A built-in demo: read-only.")
 
 pending = st.session_state.get("confirm_delete")
+if pending not in (None, ("checkpoint", info.id), ("run", info.run_id)):
+    st.session_state.pop("confirm_delete")  # asked about another selection: never confirm that one from here
+    pending = None
 if pending:
     what, target = pending
 

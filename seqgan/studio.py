@@ -999,11 +999,16 @@ def deletion_loses(checkpoint_id: str) -> str:
     return ""
 
 
+def still_training(info: CheckpointInfo) -> bool:
+    """Whether the checkpoint's run has a job under way (its checkpoints and the run cannot be deleted)."""
+    return info.run_id is not None and not info.builtin and get_run(info.run_id).state.active
+
+
 def delete_checkpoint(checkpoint_id: str) -> None:
     info = get_checkpoint(checkpoint_id)
     if info.builtin:
         raise SeqGANError(f"{checkpoint_id} belongs to a built-in demo run: it is read-only")
-    if info.run_id is not None and get_run(info.run_id).state.active:
+    if still_training(info):
         raise SeqGANError(f"run {info.run_id} is still training; stop it before deleting its checkpoints")
     info.path.unlink(missing_ok=True)
     if info.run_id is None:

@@ -470,6 +470,17 @@ def test_an_uploaded_checkpoint_is_kept_listed_and_compared(runs_dir, demo_runs)
     assert len(elements(at, "audio")) == 3 and "No training metrics" in at.info[0].value
 
 
+def test_a_deletion_question_goes_with_the_selection_it_was_asked_for(runs_dir, demo_runs):
+    run_id = user_run(runs_dir, demo_runs)
+    at = open_page("checkpoints")
+    at.selectbox[0].set_value(f"{run_id}/mle").run()
+    next(b for b in at.button if b.label == "Delete checkpoint…").click().run()
+    assert f"{run_id}/mle" in at.warning[0].value
+    at.selectbox[0].set_value(f"{run_id}/seqgan").run()  # another checkpoint: the question about mle.pt is gone
+    assert not at.warning and not any(b.label == "Yes, delete" for b in at.button)
+    assert (runs_dir / run_id / "checkpoints" / "mle.pt").exists()
+
+
 def test_checkpoints_download_and_delete_with_confirmation(runs_dir, demo_runs):
     run_id = user_run(runs_dir, demo_runs)
     at = open_page("checkpoints")
