@@ -280,6 +280,10 @@ def cmd_sample(args) -> int:
     from .checkpoint import generator_from_bundle, load_bundle, tokenizer_bytes
     from .corpus import checkpoint_seq_len, tokenizer_from_bytes
 
+    from .train import MAX_SEED
+
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be within 0..{MAX_SEED:,} (got {args.seed:,})")
     bundle = load_bundle(args.checkpoint)
     generator = generator_from_bundle(bundle, args.checkpoint)
     data = tokenizer_bytes(bundle)

@@ -47,7 +47,9 @@ def inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def sample_from_logits(logits: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None):
     """Draw one token per row exactly from softmax(logits / temperature) (``draw_from_probs``)."""
     rows, vocab = logits.shape[:-1].numel(), logits.shape[-1]
-    probs = torch.softmax(logits if temperature == 1.0 else logits / temperature, dim=-1).reshape(rows, vocab)
+    if temperature != 1.0:  # shifted first: a tiny temperature would take the logits to inf, the softmax to nan
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    probs = torch.softmax(logits, dim=-1).reshape(rows, vocab)
     return draw_from_probs(probs, 1, generator).view(logits.shape[:-1])
 
 

@@ -73,6 +73,8 @@ UPPER_LIMITS = {"batch_size": 1 << 16, "d_batch_size": 1 << 16, "rollouts": 1024
                 "eval_samples": 1_000_000, "vocab_size": 1_000_000, "seq_len": MAX_SEQ_LEN, "g_emb_dim": 1 << 14,
                 "g_hidden_dim": 1 << 14, "d_emb_dim": 1 << 14}
 
+MAX_SEED = 2 ** 32 - 1
+
 CHOICES = {"reward": REWARDS, "baseline": BASELINES, "reward_norm": REWARD_NORMS, "critic": CRITICS,
            "d_precision": PRECISIONS, "adam_epsilon": ADAM_EPSILONS, "mle_order": MLE_ORDERS}
 # What each TrainConfig field means, for the command line's --help and the app's option boxes.
@@ -213,6 +215,8 @@ class TrainConfig:
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"{name} must be a positive number (got {value})")
         need(self.seq_len >= 2, f"seq_len must be at least 2 (got {self.seq_len})")
+        # evaluation seeds are seed * 1,000,003 + unit, which torch must take as a 64-bit number
+        need(0 <= self.seed <= MAX_SEED, f"seed must be within 0..{MAX_SEED:,} (got {self.seed:,})")
         need(0 <= self.start_token < self.vocab_size,
              f"start_token {self.start_token} is outside the vocabulary 0..{self.vocab_size - 1}")
         need(0.0 <= self.scheduled_sampling <= 1.0,

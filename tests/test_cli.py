@@ -120,6 +120,7 @@ def test_bad_paths_and_values_are_one_line_errors(token_run, tmp_path, capsys):
          "must not be negative (found -5)"),
         (["sample", "--checkpoint", checkpoint, "--prefix", " ".join(["1"] * 6)], "more than the model's length 5"),
         (["sample", "--checkpoint", checkpoint, "-n", "100000000"], "-n must be at most 1,000,000"),
+        (["sample", "--checkpoint", checkpoint, "--seed", "99999999999999999999"], "--seed must be within"),
         (["sample", "--checkpoint", tmp_path / "odd-tokenizer.pt"], "is not what SeqGAN Studio writes"),
         (["sample", "--checkpoint", tmp_path / "flipped.pt"], "changed or damaged after it was saved"),
         (["oracle", "nll", "--params", checkpoint, root / "data.txt"], "not oracle parameters"),
@@ -327,6 +328,7 @@ def test_bleu_prints_seqgan_metrics_bleu_last(tmp_path, capsys):
     (["--mle-lr", "nan"], "mle_lr"),
     (["--num-train", "0"], "--num-train"),
     (["--test-fraction", "-0.5"], "--test-fraction"),
+    (["--seed", str(2 ** 64)], "seed must be within 0..4,294,967,295"),
 ])
 def test_train_with_a_bad_option_prints_an_error_and_exits_2(tmp_path, capsys, restore_sigterm, options, name):
     status, _, err = run_cli(capsys, "train", "--run-dir", tmp_path / "run", *options)

@@ -103,6 +103,12 @@ SAMPLER_ROWS = torch.tensor([
 ])
 
 
+def test_a_tiny_temperature_draws_the_most_likely_token():
+    for temperature in (1e-3, 1e-39):  # the second would take logits / temperature to inf, its softmax to nan
+        tokens = sample_from_logits(SAMPLER_ROWS, temperature, generator=seeded(1))
+        assert torch.equal(tokens, SAMPLER_ROWS.argmax(dim=1)), temperature
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_sample_from_logits_draws_the_tempered_softmax(temperature):
     draws_per_row = 40_000
