@@ -20,8 +20,8 @@ with melodies:
     with ui.reported("demo melodies"):
         model = studio.demo_model("melodies")
         if model is None:
-            st.info("The melody demo is not installed (data/demo/melodies). Train one on the Train page: "
-                    "built-in melodies, quick CPU demo.")
+            st.info(f"The melody demo's SeqGAN model is not in {studio.demo_root() / 'melodies'}. Train one on the "
+                    "Train page: built-in melodies, quick CPU demo.")
         else:
             events = studio.samples(model, 1, 1.0, seed)[0]
             ui.melody(events, key="home-midi", title=f"SeqGAN demo, seed {seed}", midi_name=f"demo-{seed}.mid")
@@ -30,8 +30,8 @@ with poems:
     with ui.reported("demo poems"):
         model = studio.demo_model("poems")
         if model is None:
-            st.info("The poem demo is not installed (data/demo/poems). Train one on the Train page: "
-                    "built-in poems, quick CPU demo.")
+            st.info(f"The poem demo's SeqGAN model is not in {studio.demo_root() / 'poems'}. Train one on the "
+                    "Train page: built-in poems, quick CPU demo.")
         else:
             ui.verse(studio.samples(model, 6, 1.0, seed))
 if st.button("Generate others", icon=":material/refresh:"):

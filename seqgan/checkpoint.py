@@ -37,6 +37,7 @@ FORMAT = "seqgan-studio/2"
 EARLIER_FORMATS = ("seqgan-studio/1",)
 REQUIRED_KEYS = ("format", "kind", "config", "generator")
 TRAINING_ONLY = ("discriminator", "optimizers", "rng")  # what a slim bundle (``slim_bundle``) leaves out
+KINDS = ("tokens", "oracle", "text", "music")  # what a generator makes: token ids, the oracle task's, text, melodies
 ROLES = ("mle", "seqgan", "latest")  # the generator after MLE, after adversarial training; the whole state
 
 
@@ -128,6 +129,9 @@ def load_bundle(source: str | os.PathLike | bytes, name: str | None = None, map_
             and all(isinstance(t, torch.Tensor) for t in generator.values())
             and (tokenizer is None or (isinstance(tokenizer, torch.Tensor) and tokenizer.dtype == torch.uint8))):
         raise InputError(name, "its config, generator or tokenizer is not what SeqGAN Studio writes")
+    if bundle["kind"] not in KINDS:
+        raise InputError(name, f"unknown checkpoint kind {str(bundle.get('kind'))[:40]!r} (expected one of "
+                               f"{', '.join(KINDS)})")
     if bundle.get("role", "latest") not in ROLES:
         raise InputError(name, f"unknown checkpoint role {str(bundle.get('role'))[:40]!r} (expected one of "
                                f"{', '.join(ROLES)})")

@@ -715,13 +715,15 @@ def model_from_bundle(bundle: dict, name: str, path: Path | None = None) -> Mode
     checkpoint_seq_len(bundle, name)  # checked here: Compare samples at this length
     data = tokenizer_bytes(bundle)
     tokenizer = tokenizer_from_bytes(data, name) if data else None
-    kind = str(bundle.get("kind", "tokens"))
+    kind = bundle.get("kind", "tokens")  # one of checkpoint.KINDS (``load_bundle`` checks)
     if kind in ("text", "music") and (tokenizer is None or tokenizer.kind != kind):
         raise InputError(name, f"a {kind} checkpoint without its {kind} tokenizer")
+    if kind not in ("text", "music") and tokenizer is not None:
+        raise InputError(name, f"a {kind} checkpoint has no tokenizer, but this one carries a {tokenizer.kind} one")
     if tokenizer is not None and tokenizer.vocab_size != generator.vocab_size:
         raise InputError(name, f"the tokenizer has {tokenizer.vocab_size} ids but the generator "
                                f"{generator.vocab_size}")
-    role = str(bundle.get("role", "latest"))
+    role = bundle.get("role", "latest")
     return Model(f"{ROLE_LABELS.get(role, role)} ({name})", path or Path(name), kind, role, dict(c),
                  dict(bundle.get("position", {})), generator, tokenizer)
 

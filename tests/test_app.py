@@ -88,9 +88,11 @@ def test_start_page_plays_a_demo_melody_and_shows_demo_verse(runs_dir):
     assert next(m.value for m in at.markdown if m.value.startswith(">")) != verse
 
 
-def test_start_page_without_demos_says_how_to_get_them(no_demos):
+def test_start_page_without_demos_says_how_to_get_them(no_demos, tmp_path):
     at = open_page("")
-    assert "demo is not installed" in texts(at) and not elements(at, "audio")
+    shown = texts(at)
+    assert f"SeqGAN model is not in {tmp_path / 'no-demos' / 'melodies'}" in shown and not elements(at, "audio")
+    assert "Train one on the Train page" in shown
 
 
 # ----- Data -----------------------------------------------------------------------------------------------------
@@ -428,12 +430,15 @@ def torch_bytes(obj) -> bytes:
         **bundle["generator"], "output.bias": torch.full_like(bundle["generator"]["output.bias"], float("nan"))}}),
      "output.bias holds numbers that are not finite"),
     ("role.pt", lambda bundle: bundle_bytes({**bundle, "role": "../../etc"}), "unknown checkpoint role"),
+    ("kind.pt", lambda bundle: bundle_bytes({**bundle, "kind": "<script>"}), "unknown checkpoint kind '<script>'"),
+    ("tokens-with-tokenizer.pt", lambda bundle: bundle_bytes({**bundle, "kind": "tokens"}),
+     "a tokens checkpoint has no tokenizer, but this one carries a text one"),
     ("position.pt", lambda bundle: bundle_bytes({**bundle, "position": 3}), "position in the schedule"),
     ("unit.pt", lambda bundle: bundle_bytes({**bundle, "position": {"unit": -4, "total": 5}}),
      "position in the schedule"),
     ("edited.pt", lambda bundle: torch_bytes({**bundle, "role": "mle"}), "changed or damaged after it was saved"),
 ], ids=["empty", "noise", "pickled-code", "plain-pickle", "foreign", "mismatched", "huge-vocab", "start-token", "nan",
-        "role", "position", "unit", "edited"])
+        "role", "kind", "tokens-with-tokenizer", "position", "unit", "edited"])
 def test_checkpoint_uploads_that_are_not_ours_get_a_clear_error(runs_dir, demo_runs, name, make, problem):
     bundle = load_bundle(demo_runs / "poems" / "checkpoints" / "seqgan.pt")
     at = open_page("checkpoints")
