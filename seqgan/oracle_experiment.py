@@ -198,15 +198,22 @@ def summarize(summaries: list[dict]) -> dict:
     return table
 
 
-def markdown_table(table: dict, preset: str, seeds: list[int], paper_oracle: bool | None = True) -> str:
+def _settings_differ(a: dict, b: dict) -> list[str]:
+    """The training settings in which two saved configurations differ (not the seed or the device)."""
+    return sorted(k for k in set(a) | set(b) if k not in ("seed", "device") and a.get(k) != b.get(k))
+
+
+def markdown_table(table: dict, preset: str, seeds: list[int], paper_oracle: bool | None = True,
+                   overrides: list[str] = ()) -> str:
     """``paper_oracle``: every seed used the paper's oracle, so the paper's column measures the same thing
-    (None: the folder does not record which oracle)."""
+    (None: the folder does not record which oracle). ``overrides``: the settings changed from the preset's."""
     oracle = {True: "the paper's oracle", None: "an oracle the folder does not record",
               False: "a random oracle per seed, not the paper's: its column is of another oracle, for orientation "
                      "only"}[paper_oracle]
-    lines = [f"Preset `{preset}`, seeds {', '.join(map(str, seeds))}, {oracle}: mean ± sd over seeds. NLL-oracle: the "
-             "oracle's NLL of the model's samples (quality; lower is better). NLL-test: the model's NLL of held-out "
-             "oracle samples (coverage; rises when the model drops modes).",
+    changed = f" with {', '.join(overrides)}" if overrides else ""
+    lines = [f"Preset `{preset}`{changed}, seeds {', '.join(map(str, seeds))}, {oracle}: mean ± sd over seeds. "
+             "NLL-oracle: the oracle's NLL of the model's samples (quality; lower is better). NLL-test: the model's "
+             "NLL of held-out oracle samples (coverage; rises when the model drops modes).",
              "", f"| Model | NLL-oracle | NLL-test | paper NLL-oracle{'' if paper_oracle else ' (its oracle)'} |",
              "|---|---|---|---|"]
     for model, row in table.items():
@@ -258,6 +265,7 @@ def run_oracle_experiment(preset: str, seeds: list[int], out_dir: str | Path, or
 def write_report(out_dir: str | Path, seeds: list[int]) -> dict:
     """Table 1 (markdown + JSON) and Figure 2 from the seeds' run directories (seeds may run in parallel)."""
     out_dir = Path(out_dir)
+    seeds = list(dict.fromkeys(seeds))  # a seed named twice counts once
     for seed in seeds:
         seed_dir = out_dir / f"seed{seed}"
         make = f"`seqgan oracle run --seeds {seed} --out {out_dir}` makes and finishes them"
@@ -272,12 +280,22 @@ def write_report(out_dir: str | Path, seeds: list[int]) -> dict:
                 raise InputError(seed_dir / RUN_DIRS[model], f"the {model} run of seed {seed} has not finished "
                                                              f"({make})")
     summaries = [seed_summary(out_dir / f"seed{seed}") for seed in seeds]
-    preset = summaries[0]["preset"]
+    first = summaries[0]
+    for other in summaries[1:]:  # a mean over seeds is of one setting
+        differ = _settings_differ(first["config"], other["config"])
+        if differ or other["preset"] != first["preset"] or other["models"] != first["models"]:
+            raise InputError(out_dir / f"seed{other['seed']}",
+                             f"seed {other['seed']} was trained with other settings than seed {first['seed']} "
+                             f"({', '.join(differ) or 'preset or models'}): one table averages one setting; keep "
+                             f"each setting in its own --out folder")
+    preset = first["preset"]
+    changed = _settings_differ(preset_config(preset, first["seed"])[0].to_dict(), first["config"])
     table = summarize(summaries)
     tasks = [out_dir / f"seed{seed}" / "task.json" for seed in seeds]  # folders from before task.json have none
     paper_oracle = None if not all(t.is_file() for t in tasks) else \
         all(json.loads(t.read_text()).get("oracle_sha256") == PAPER_ORACLE_SHA256 for t in tasks)
-    (out_dir / "table1.md").write_text(markdown_table(table, preset, seeds, paper_oracle))
+    overrides = [f"{key}={first['config'][key]}" for key in changed]
+    (out_dir / "table1.md").write_text(markdown_table(table, preset, seeds, paper_oracle, overrides))
     (out_dir / "table1.json").write_text(json.dumps({"preset": preset, "seeds": seeds, "table": table}, indent=1))
     plot_curves(summaries, out_dir / "figure2.png")
     return table

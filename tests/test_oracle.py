@@ -7,13 +7,14 @@ import math
 import os
 import pickle
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from seqgan.errors import ConfigError, InputError, Stopped
-from seqgan.oracle_experiment import MODELS, run_oracle_experiment, seed_summary
+from seqgan.oracle_experiment import MODELS, run_oracle_experiment, seed_summary, write_report
 from seqgan.runs import RunDir
 from seqgan.train import STOP
 from seqgan.corpus import read_token_file, write_token_file
@@ -218,6 +219,20 @@ def tiny_experiment(tmp_path_factory):
     return out, table, logs
 
 
+def test_table1_averages_each_seed_once_and_only_seeds_of_one_setting(tiny_experiment, tmp_path):
+    source, table, _ = tiny_experiment
+    out = tmp_path / "out"
+    shutil.copytree(source / "seed1", out / "seed1")
+    assert write_report(out, [1, 1]) == table  # named twice, counted once
+    assert json.loads((out / "table1.json").read_text())["seeds"] == [1]
+    shutil.copytree(out / "seed1", out / "seed2")
+    meta = json.loads((out / "seed2" / "seed.json").read_text())
+    meta["seed"], meta["config"] = 2, {**meta["config"], "seed": 2, "mle_epochs": 3}
+    (out / "seed2" / "seed.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="seed 2 was trained with other settings than seed 1 \\(mle_epochs\\)"):
+        write_report(out, [1, 2])
+
+
 def test_oracle_experiment_writes_table1_and_figure2(tiny_experiment):
     out, table, logs = tiny_experiment
     assert list(table) == list(MODELS)
@@ -234,6 +249,8 @@ def test_oracle_experiment_writes_table1_and_figure2(tiny_experiment):
         o, t = table[model]["nll_oracle"]["mean"], table[model]["nll_test"]["mean"]
         assert f"| {model} | {o:.3f} | {t:.3f} |" in markdown  # one seed: no spread to show
     assert "a random oracle per seed, not the paper's" in markdown and "paper NLL-oracle (its oracle)" in markdown
+    assert markdown.startswith("Preset `cpu` with adv_iters=2, batch_size=32, checkpoint_seconds=0, d_epochs=1, "
+                               "d_filter_sizes=[2, 3], ")  # what differs from the preset
     png = (out / "figure2.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
 
