@@ -27,7 +27,11 @@ from pathlib import Path
 from .checkpoint import atomic_write_bytes
 from .errors import InputError, SeqGANError
 
-_claimed: dict[tuple[int, int], int] = {}  # run directories this process trains: (device, inode) -> lock fd
+_claimed: dict[Path, int] = {}  # run directories this process trains: resolved path -> its open .lock
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)  # an open file's inode is never reused while open
 
 
 class RunInUse(SeqGANError):
@@ -85,14 +89,16 @@ class RunDir:
         yet, or the file system has no flock, nothing is locked.
         """
         try:
-            folder = os.stat(self.path)
             fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:
             return self
-        key = (folder.st_dev, folder.st_ino)  # not the path: a folder deleted and made again is another run
-        if key in _claimed:
-            os.close(fd)
-            return self
+        key = self.path.resolve()
+        held = _claimed.get(key)
+        if held is not None:
+            if _same_file(os.fstat(held), os.fstat(fd)):
+                os.close(fd)
+                return self
+            os.close(_claimed.pop(key))  # the folder was deleted and made again: another run, to claim afresh
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
