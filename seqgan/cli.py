@@ -235,7 +235,11 @@ def cmd_train(args) -> int:
                           else f"{k}={v}" for k, v in event.items() if k not in ("time", "unit"))
         run.log_line(fields)
         if not args.quiet:
-            print(fields, flush=True)
+            try:
+                print(fields, flush=True)
+            except BrokenPipeError:  # the reader of our output is gone (a `| tee` stopped): log.txt has it all
+                args.quiet = True
+                sys.stdout = open(os.devnull, "w")
 
     trainer = Trainer(config, train, run, evaluate, show, kind=task["kind"], extra={"task": task},
                       tokenizer=tokenizer.to_bytes() if tokenizer is not None else None, dist=dist, heldout=heldout)
@@ -376,8 +380,11 @@ def stop_after_the_unit_on_signals():
         STOP.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         # os.write, not print: a handler may run while the main thread is inside a print to stderr
-        os.write(2, f"{signal.Signals(signum).name}: stopping after the unit in progress "
-                    f"(Ctrl-C again: at once)\n".encode())
+        try:
+            os.write(2, f"{signal.Signals(signum).name}: stopping after the unit in progress "
+                        f"(Ctrl-C again: at once)\n".encode())
+        except OSError:  # stderr gone (a pipe whose reader was stopped with us): stopping matters, not saying so
+            pass
 
     saved = {signum: signal.signal(signum, request) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -146,6 +146,10 @@ def job_state(run: RunDir) -> JobState:
     status = run.read_status() or {}
     pid = job.get("pid") or status.get("pid")
     alive = process_alive(pid, run)
+    if not alive:  # another process may train it: a terminal's seqgan train --resume holds the run's .lock
+        holder = _lock_holder(run)
+        if holder not in (None, pid) and process_alive(holder, run):
+            pid, alive, job = holder, True, {}
     device = job.get("device") or status.get("device")  # a run started from a terminal has no job.json
     # the app starts one process on one device; a terminal's torchrun run holds one GPU per local rank
     slots = tuple((status.get("devices") if not job else None) or ([device] if device else []))
@@ -174,6 +178,16 @@ def job_state(run: RunDir) -> JobState:
     if recorded == "failed":
         return made("failed", status.get("error") or _error_from_output(run))
     return made(recorded)
+
+
+def _lock_holder(run: RunDir) -> int | None:
+    """The pid written into the run's .lock by the process that claimed it (``RunDir.claim``): read, never
+    locked here, as a probe could make a trainer's claim fail at that instant."""
+    try:
+        text = (run.path / ".lock").read_text()[:32].strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _latest_attempt_output(run: RunDir, lines: int) -> list[str]:
@@ -293,15 +307,17 @@ def stop(run: RunDir, force: bool = False) -> JobState:
     state = job_state(run)
     if not state.alive:
         raise JobError(f"run {run.name} is not running ({state.state or 'no job'})")
-    job = read_job(run) or {"pid": state.pid}
-    job.update(stop_requested=True, stop_time=time.time())
-    run.write_json(run.job, job)
+    job = read_job(run) or {}
+    ours = job.get("pid") == state.pid  # a job this app started, not a process from a terminal
+    if ours:
+        job.update(stop_requested=True, stop_time=time.time())
+        run.write_json(run.job, job)
     sig = signal.SIGKILL if force else signal.SIGTERM
     try:
-        if os.getpgid(state.pid) == state.pid:
+        if ours:
             os.killpg(state.pid, sig)  # the app's jobs lead their own group: reach all of it
         else:
-            os.kill(state.pid, sig)  # a run started elsewhere (a terminal): only its process
+            os.kill(state.pid, sig)  # a run started elsewhere: only its process (its group may hold a shell's tee)
     except ProcessLookupError:
         pass
     except PermissionError as exc:

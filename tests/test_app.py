@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -626,6 +627,31 @@ def test_a_run_started_in_a_terminal_is_seen_and_stopped_by_the_app(runs_dir, tm
     finally:
         if process.poll() is None:
             process.kill()
+
+    # The same run resumed from a shell whose pipeline (`| cat`) shares the trainer's process group, while the app's
+    # job.json names an earlier, dead process: the app sees the trainer by the run's .lock, offers neither Resume
+    # nor Delete, and its Stop reaches the trainer alone (a signal to the group would stop `cat`, and the trainer's
+    # last lines would break the pipe).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    RunDir(runs_dir / "terminal").write_json(RunDir(runs_dir / "terminal").job, {"pid": dead.pid, "started": 1.0})
+    command = (f"set -m; {shlex.quote(sys.executable)} -m seqgan train --run-dir runs/terminal --resume 2>&1 "
+               "| cat > out.txt")
+    shell = subprocess.Popen(["bash", "-c", command], cwd=tmp_path, env=env)
+    try:
+        assert wait_for("terminal", ("running",)) == "running"
+        info = studio.get_run("terminal")
+        trainer = info.state.pid
+        assert trainer != dead.pid and os.getpgid(trainer) == trainer and not info.resumable
+        with pytest.raises(SeqGANError, match="still running"):
+            studio.delete_run("terminal")
+        studio.stop_training("terminal")
+        assert shell.wait(timeout=60) == 0  # the pipeline's status is cat's: it read to the end, not killed
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+    assert wait_for("terminal", ("stopped",)) == "stopped"
+    assert "stopping after the unit in progress" in (tmp_path / "out.txt").read_text()
 
 
 def test_one_job_per_gpu_on_a_machine_with_two(tmp_path, monkeypatch):
