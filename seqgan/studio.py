@@ -535,6 +535,13 @@ PHASE_LABELS = {"init": "evaluating the untrained generator", "mle": "MLE pre-tr
 
 def run_progress(info: RunInfo) -> RunProgress:
     """Where the run is in its schedule, and an estimate of the time left from the units' measured times."""
+    try:
+        return _run_progress(info)
+    except (KeyError, TypeError, ValueError, IndexError):  # files edited by hand or by another version
+        return RunProgress(0.0, 0, 0, "unknown", 0, 0, 0.0, None, "its status or events could not be read")
+
+
+def _run_progress(info: RunInfo) -> RunProgress:
     events = info.run.events()
     try:
         schedule = TrainConfig.from_dict(info.config).units() if info.config else []
@@ -544,12 +551,14 @@ def run_progress(info: RunInfo) -> RunProgress:
     done = max([e["unit"] + 1 for e in events if e.get("unit", -1) >= 0], default=0)
     if info.state.state == "finished":
         done = units
-    if not units:  # the job has not written its configuration (yet, or ever: stopped or failed before it)
-        phase, step, phase_total = "starting" if info.state.active else "not started", 0, 0
-    elif done >= units:
+    if info.state.state == "finished" or (units and done >= units):  # also a schedule of no units
         phase, step, phase_total = "done", 0, 0
-    else:
+    elif not units:  # the job has not written its configuration (yet, or ever: stopped or failed before it)
+        phase, step, phase_total = "starting" if info.state.active else "not started", 0, 0
+    elif done < len(schedule):
         phase, step, phase_total = schedule[done][0], schedule[done][1], 0
+    else:  # a config.json this version cannot read: the status says where the run is
+        phase, step, phase_total = str(info.status.get("phase", "unknown")), info.status.get("step", 0), 0
     if phase not in ("done", "starting", "not started"):
         phase_total = sum(1 for p, _ in schedule if p == phase)
     seconds: dict[str, list[float]] = {}

@@ -299,6 +299,24 @@ def test_an_exported_run_is_a_record_never_offered_to_resume_and_never_emptied(r
     assert exported.run.events() == events and len(events) > 1  # its record is untouched
 
 
+def test_runs_with_a_config_this_version_cannot_read_or_no_units_do_not_break_the_train_page(runs_dir, demo_runs):
+    odd = RunDir(runs_dir / user_run(runs_dir, demo_runs, "poems"))
+    saved = odd.read_config()
+    odd.write_json(odd.config, {**saved, "config": {**saved["config"], "from_a_newer_version": 1}})
+    odd.write_json(odd.status, {**odd.read_status(), "state": "stopped", "unit": 1, "phase": "mle", "step": 1})
+    odd.truncate_events(1)  # stopped after its first unit
+    empty = RunDir(runs_dir / user_run(runs_dir, demo_runs, "melodies"))  # a schedule of no units, finished
+    saved = empty.read_config()
+    empty.write_json(empty.config, {**saved, "config": {**saved["config"], "mle_epochs": 0, "d_pretrain_rounds": 0,
+                                                        "adv_iters": 0}})
+    empty.write_json(empty.status, {**empty.read_status(), "units": 0, "unit": 0})
+    at = open_page("train", run=odd.name)
+    assert odd.name in texts(at)
+    assert studio.progress_line(studio.run_progress(studio.get_run(odd.name))).startswith(
+        "MLE pre-training of the generator: 1/0 · unit 1 of 5")
+    assert studio.progress_line(studio.run_progress(studio.get_run(empty.name))).startswith("done: 0 units in ")
+
+
 def test_train_page_follows_a_smoke_run_to_the_end(runs_dir):
     choice = studio.save_corpus_files([("tunes.abc", abc_tunes(8))])
     run_id = studio.start_training(choice.id, "smoke", {s.name: s.default for s in studio.option_specs("smoke",
