@@ -15,8 +15,9 @@ CPU-only machine (the trainer uses the CPU fully; two jobs would each run at hal
 
 States (``job_state``): preparing (process alive, trainer not started yet: reading the corpus, training the
 tokenizer), running, stopping (SIGTERM sent; the trainer finishes its unit and checkpoints), stopped, finished,
-failed, interrupted (status says running but the process is gone: killed or the machine restarted; resume
-continues from the last checkpoint).
+failed (its error recorded, or printed when even that could not be written, as on a full disk), interrupted
+(status says running but the process is gone: killed or the machine restarted). Stopped, failed and interrupted
+runs resume from the last checkpoint (a failed one once its cause is mended: resuming checks everything again).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .runs import RunDir
 RUNS_ENV = "SEQGAN_RUNS_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ACTIVE = ("preparing", "running", "stopping")
-RESUMABLE = ("stopped", "interrupted")
+RESUMABLE = ("stopped", "interrupted", "failed")  # a failed run may be tried again: resuming checks everything
 
 _children: dict[int, subprocess.Popen] = {}  # processes this app process started, reaped when they end
 
@@ -174,6 +175,9 @@ def job_state(run: RunDir) -> JobState:
             return made("stopped", "stopped before training started")
         return made("failed", _error_from_output(run))
     if recorded == "running":
+        error = _error_line(run) if fresh else None
+        if error:  # it ended on an error it could not even record (the disk full: status.json not rewritten)
+            return made("failed", error)
         return made("interrupted", "the process ended without saving; resume continues from the last checkpoint")
     if recorded == "failed":
         return made("failed", status.get("error") or _error_from_output(run))
@@ -203,11 +207,17 @@ def _last_output_line(run: RunDir) -> str:
     return lines[-1] if lines else ""
 
 
+def _error_line(run: RunDir) -> str | None:
+    """The last ``error: ...`` line the latest attempt printed (the command line's way to fail), if any."""
+    errors = [line for line in _latest_attempt_output(run, 40) if line.startswith("error:")]
+    return errors[-1][len("error:"):].strip() if errors else None
+
+
 def _error_from_output(run: RunDir) -> str:
+    error = _error_line(run)
+    if error:
+        return error
     lines = _latest_attempt_output(run, 40)
-    errors = [line for line in lines if line.startswith("error:")]
-    if errors:
-        return errors[-1][len("error:"):].strip()
     if lines:
         return "the process ended early: " + lines[-1]
     return "the process ended before writing anything"

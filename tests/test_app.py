@@ -357,6 +357,23 @@ def test_train_page_shows_why_a_job_failed(runs_dir):
     assert "fewer than two lines fit" in at.error[0].value
 
 
+def test_a_failed_run_can_be_tried_again_and_a_full_disk_is_a_failure_not_an_interruption(runs_dir, demo_runs):
+    run = RunDir(runs_dir / user_run(runs_dir, demo_runs, "poems"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run.write_json(run.job, {"pid": dead.pid, "started": 1.0, "command": []})
+    # the trainer died on an error it could not record: status.json still says running
+    run.write_json(run.status, {**run.read_status(), "state": "running", "pid": dead.pid, "updated": 2.0})
+    run.output.write_text("--- 2026-11-25 06:00:00 -m seqgan train\nunit 3\nerror: No space left on device\n")
+    info = studio.get_run(run.name)
+    assert (info.state.state, info.state.message) == ("failed", "No space left on device") and info.resumable
+    at = open_page("train", run=run.name)
+    assert "No space left on device" in at.error[0].value
+    assert any(b.label == "Resume" for b in at.button)  # tried again once the cause is mended
+    run.output.write_text("--- 2026-11-25 06:00:00 -m seqgan train\nunit 3\n")  # killed: no error printed
+    assert studio.get_run(run.name).state.state == "interrupted"
+
+
 def test_a_bad_option_is_refused_before_anything_starts(runs_dir):
     choice = studio.save_corpus_files([("poems.txt", poem_lines(50))])
     at = open_page("train")
