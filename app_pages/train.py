@@ -18,8 +18,13 @@ with st.expander("Start a new run", expanded=not runs):
     choices = studio.corpus_choices()
     ids = [c.id for c in choices]
     wanted = st.session_state.get("train_corpus")
+    vanished = wanted is not None and wanted not in ids  # deleted since it was chosen: the box shows another
     corpus_id = st.selectbox("Corpus", ids, index=ids.index(wanted) if wanted in ids else 0,
                              format_func=lambda i: next(c.label for c in choices if c.id == i))
+    st.session_state["train_corpus"] = corpus_id
+    if vanished:
+        st.warning(f"The corpus chosen before ({wanted}) is no longer there; choose the corpus to train on.",
+                   icon=":material/warning:")
     kind = next(c.kind for c in choices if c.id == corpus_id)
     preset = st.radio("Preset", list(studio.PRESETS), format_func=lambda p: studio.PRESETS[p].label,
                       horizontal=True)
@@ -57,7 +62,7 @@ with st.expander("Start a new run", expanded=not runs):
                 else:
                     options[spec.name] = col.number_input(label, value=spec.default, format="%g", key=key,
                                                           help=spec.help or None, placeholder="auto")
-    if st.button("Start training", type="primary", icon=":material/play_arrow:"):
+    if st.button("Start training", type="primary", icon=":material/play_arrow:") and not vanished:
         with ui.reported("start"):
             for name in ("d_filter_sizes", "d_num_filters"):
                 options[name] = studio.parse_int_list(options[name], name)

@@ -374,6 +374,15 @@ def test_a_failed_run_can_be_tried_again_and_a_full_disk_is_a_failure_not_an_int
     assert studio.get_run(run.name).state.state == "interrupted"
 
 
+def test_a_corpus_deleted_after_it_was_chosen_is_not_silently_replaced(runs_dir):
+    choice = studio.save_corpus_files([("poems.txt", poem_lines(50))])
+    at = open_page("train")
+    at.selectbox[0].set_value(choice.id).run()
+    shutil.rmtree(Path(choice.source).parent if Path(choice.source).is_file() else choice.source)  # deleted elsewhere
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert "is no longer there" in at.warning[0].value and not studio.list_runs(include_demos=False)
+
+
 def test_a_bad_option_is_refused_before_anything_starts(runs_dir):
     choice = studio.save_corpus_files([("poems.txt", poem_lines(50))])
     at = open_page("train")
