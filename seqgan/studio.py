@@ -369,12 +369,17 @@ def training_args(choice: CorpusChoice, options: dict, *, tokenizer_model: str |
 
 
 def new_run_id(label: str) -> str:
+    """A new run's id, its folder made here so that two starts in the same second never share it."""
     root = jobs.runs_root()
+    root.mkdir(parents=True, exist_ok=True)
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(label, 40)}"
     run_id, n = base, 2
-    while (root / run_id).exists():
-        run_id, n = f"{base}-{n}", n + 1
-    return run_id
+    while True:
+        try:
+            (root / run_id).mkdir()
+            return run_id
+        except FileExistsError:
+            run_id, n = f"{base}-{n}", n + 1
 
 
 def start_training(choice_id: str, preset: str, options: dict, *, threads: int = 1, device: str = "auto",
@@ -389,8 +394,13 @@ def start_training(choice_id: str, preset: str, options: dict, *, threads: int =
     name = choice.id.split(":", 1)[-1]
     run_id = new_run_id(f"{_slug(name, 30)}-{preset}")
     run = RunDir(jobs.runs_root() / run_id)
-    jobs.start(run, args, threads=threads, device=device,
-               meta={"preset": preset, "corpus": choice.label, "corpus_id": choice.id})
+    try:
+        jobs.start(run, args, threads=threads, device=device,
+                   meta={"preset": preset, "corpus": choice.label, "corpus_id": choice.id})
+    except BaseException:
+        if not any(run.path.iterdir()):  # refused (the device busy): no empty folder left behind
+            run.path.rmdir()
+        raise
     return run_id
 
 

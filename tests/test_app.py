@@ -248,8 +248,10 @@ def test_train_page_starts_stops_and_resumes_a_real_job(runs_dir):
 
     # one job per machine (or per GPU): a second start is refused with the reason
     if jobs.device_slots() == ["cpu"]:
+        folders = sorted(runs_dir.iterdir())
         next(b for b in at.button if b.label == "Start training").click().run()
         assert "already training" in at.error[0].value
+        assert sorted(runs_dir.iterdir()) == folders  # the refused run left no folder
 
     at = open_page("train", run=run_id)  # a new session (a browser refresh) finds the job again
     assert "state **running**" in texts(at)
@@ -372,6 +374,11 @@ def test_a_failed_run_can_be_tried_again_and_a_full_disk_is_a_failure_not_an_int
     assert any(b.label == "Resume" for b in at.button)  # tried again once the cause is mended
     run.output.write_text("--- 2026-11-25 06:00:00 -m seqgan train\nunit 3\n")  # killed: no error printed
     assert studio.get_run(run.name).state.state == "interrupted"
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(runs_dir):
+    ids = [studio.new_run_id("poems-smoke") for _ in range(3)]
+    assert len(set(ids)) == 3 and all((runs_dir / i).is_dir() for i in ids)
 
 
 def test_a_corpus_deleted_after_it_was_chosen_is_not_silently_replaced(runs_dir):
