@@ -554,9 +554,10 @@ def run_progress(info: RunInfo) -> RunProgress:
 def _run_progress(info: RunInfo) -> RunProgress:
     events = info.run.events()
     try:
-        schedule = TrainConfig.from_dict(info.config).units() if info.config else []
+        config = TrainConfig.from_dict(info.config) if info.config else None
     except (SeqGANError, TypeError):
-        schedule = []
+        config = None
+    schedule = config.units() if config is not None else []
     units = len(schedule) or int(info.status.get("units", 0))
     done = max([e["unit"] + 1 for e in events if e.get("unit", -1) >= 0], default=0)
     if info.state.state == "finished":
@@ -575,20 +576,41 @@ def _run_progress(info: RunInfo) -> RunProgress:
     for e in events:
         if e.get("unit", -1) >= 0 and "seconds" in e:
             seconds.setdefault(e["phase"], []).append(float(e["seconds"]))
-    remaining = [p for p, _ in schedule[done:]]
-    untimed = [p for p in PHASE_LABELS if p in remaining and p not in seconds]
-    if not remaining:
-        eta = 0.0
-    elif len(untimed) == len(set(remaining)):
-        eta = None  # known once the first unit of the phase has run
-    else:
-        eta = sum(remaining.count(p) * sum(seconds[p][-10:]) / len(seconds[p][-10:])
-                  for p in set(remaining) if p in seconds)
-    note = "not counting " + " and ".join(PHASE_LABELS[p] for p in untimed) + " (not timed yet)" if untimed else ""
-    elapsed = sum(sum(v) for v in seconds.values())
     shares = [float(e["mfu"]) for e in events if "mfu" in e][-10:]
     mfu = sum(shares) / len(shares) if shares else None
+    remaining = [p for p, _ in schedule[done:]]
+    untimed = [p for p in PHASE_LABELS if p in remaining and p not in seconds]
+    # A phase not timed yet takes its floating-point work at the share of the peak the run has reached so far.
+    peak, num_train = info.status.get("peak_flops"), _line_count(info.run.train_data)
+    guessed = {p: flops.unit(config, p, num_train) / (peak * mfu) for p in untimed} \
+        if untimed and mfu and peak and num_train else {}
+    if not remaining:
+        eta = 0.0
+    elif len(untimed) == len(set(remaining)) and not guessed:
+        eta = None  # known once the first unit of the phase has run
+    else:
+        eta = sum(remaining.count(p) * (sum(seconds[p][-10:]) / len(seconds[p][-10:]) if p in seconds
+                                        else guessed.get(p, 0.0)) for p in set(remaining))
+    phases = " and ".join(PHASE_LABELS[p] for p in untimed)
+    note = "" if not untimed else (f"{phases} estimated from their work" if guessed else
+                                   f"not counting {phases} (not timed yet)")
+    elapsed = sum(sum(v) for v in seconds.values())
     return RunProgress(done / units if units else 0.0, done, units, phase, step, phase_total, elapsed, eta, note, mfu)
+
+
+def _line_count(path: Path) -> int:
+    """Lines of a run's train.txt (its training sequences), 0 when there is none; read again only when it changes."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return 0
+    return _counted_lines(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _counted_lines(path: str, mtime_ns: int, size: int) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def progress_line(progress: RunProgress) -> str:

@@ -22,10 +22,11 @@ import pytest
 import torch
 
 from e2e_helpers import APP, REPO, TINY, abc_tunes, make_runs, melody_zip, poem_lines
-from seqgan import cli, jobs, studio
+from seqgan import cli, flops, jobs, studio
 from seqgan.checkpoint import bundle_bytes, load_bundle, save_bundle
 from seqgan.errors import SeqGANError
 from seqgan.runs import RunDir
+from seqgan.train import TrainConfig
 
 AppTest = pytest.importorskip("streamlit.testing.v1", reason="streamlit is not installed").AppTest
 
@@ -629,15 +630,22 @@ def test_progress_estimates_the_time_left_from_measured_units(runs_dir, demo_run
     progress = studio.run_progress(studio.get_run(run_id))
     mle_seconds = events[-1]["seconds"]
     assert (progress.unit, progress.units, progress.phase) == (1, 5, "mle")
-    assert progress.eta_seconds == pytest.approx(mle_seconds)  # one MLE epoch left; the rest not timed yet
-    assert "discriminator" in progress.eta_note and "adversarial" in progress.eta_note
     assert studio.progress_line(progress).startswith("MLE pre-training of the generator: 1/2 · unit 1 of 5")
     assert 0 < progress.mfu < 1  # the trainer's share of the device's measured matmul peak, shown as a percentage
+    # One MLE epoch left, timed; the phases not timed yet take their work at that share of the measured peak.
+    config, peak = TrainConfig.from_dict(run.read_config()["config"]), run.read_status()["peak_flops"]
+    train_lines = len((run.path / "train.txt").read_text().splitlines())
+    untimed = {"d_pretrain": config.d_pretrain_rounds, "adversarial": config.adv_iters}
+    guessed = sum(n * flops.unit(config, p, train_lines) / (peak * progress.mfu) for p, n in untimed.items())
+    assert progress.eta_seconds == pytest.approx(mle_seconds + guessed)
+    assert progress.eta_note == "pre-training the discriminator and adversarial training estimated from their work"
     run.metrics.write_text("".join(json.dumps({**e, "mfu": 0.0123} if e["unit"] >= 0 else e) + "\n" for e in events))
     assert studio.progress_line(studio.run_progress(studio.get_run(run_id))).endswith(
         " · 1.2% of the device's matmul peak")
     run.metrics.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "mfu"}) + "\n" for e in events))
-    assert "peak" not in studio.progress_line(studio.run_progress(studio.get_run(run_id)))  # runs made before mfu
+    progress = studio.run_progress(studio.get_run(run_id))  # runs made before mfu: no share, no estimate
+    assert "peak" not in studio.progress_line(progress) and progress.eta_seconds == pytest.approx(mle_seconds)
+    assert progress.eta_note.startswith("not counting pre-training the discriminator and adversarial training")
 
 
 def test_a_run_that_has_not_written_its_configuration_is_starting_or_not_started_and_can_be_deleted(runs_dir):
