@@ -398,7 +398,7 @@ def start_training(choice_id: str, preset: str, options: dict, *, threads: int =
         jobs.start(run, args, threads=threads, device=device,
                    meta={"preset": preset, "corpus": choice.label, "corpus_id": choice.id})
     except BaseException:
-        if not any(run.path.iterdir()):  # refused (the device busy): no empty folder left behind
+        if run.path.is_dir() and not any(run.path.iterdir()):  # refused (the device busy): leave no empty folder
             run.path.rmdir()
         raise
     return run_id
