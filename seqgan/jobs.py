@@ -41,6 +41,7 @@ ACTIVE = ("preparing", "running", "stopping")
 RESUMABLE = ("stopped", "interrupted", "failed")  # a failed run may be tried again: resuming checks everything
 
 _children: dict[int, subprocess.Popen] = {}  # processes this app process started, reaped when they end
+_ended: dict[int, int] = {}  # their exit statuses once reaped (negative: the signal that ended them)
 
 
 class JobError(SeqGANError):
@@ -71,8 +72,10 @@ def process_alive(pid: int | None, run: RunDir) -> bool:
     if not pid:
         return False
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        _children.pop(pid, None)
+    if child is not None:  # started by this app: unreaped, its pid cannot be another process's
+        if child.poll() is None:
+            return _names_run([str(arg).encode() for arg in child.args], os.getcwd(), run)
+        _ended[pid] = _children.pop(pid).returncode
         return False
     try:
         os.kill(pid, 0)
@@ -173,7 +176,7 @@ def job_state(run: RunDir) -> JobState:
         # the process the app started ended before its trainer wrote a status
         if job.get("stop_requested"):
             return made("stopped", "stopped before training started")
-        return made("failed", _error_from_output(run))
+        return made("failed", _error_from_output(run, pid))
     if recorded == "running":
         error = _error_line(run) if fresh else None
         if error:  # it ended on an error it could not even record (the disk full: status.json not rewritten)
@@ -213,14 +216,21 @@ def _error_line(run: RunDir) -> str | None:
     return errors[-1][len("error:"):].strip() if errors else None
 
 
-def _error_from_output(run: RunDir) -> str:
+def _error_from_output(run: RunDir, pid: int | None = None) -> str:
     error = _error_line(run)
     if error:
         return error
+    how, early = "the process ended", " early"
+    status = _ended.get(pid, 0)  # known while the app that started the job runs
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        how = f"the process was killed ({name}{', perhaps for lack of memory' if -status == signal.SIGKILL else ''})"
+        early = ""
     lines = _latest_attempt_output(run, 40)
-    if lines:
-        return "the process ended early: " + lines[-1]
-    return "the process ended before writing anything"
+    return f"{how}{early}: {lines[-1]}" if lines else f"{how} before writing anything"
 
 
 # ----- starting and stopping ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pickle
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -389,6 +390,16 @@ def test_a_corpus_deleted_after_it_was_chosen_is_not_silently_replaced(runs_dir)
     shutil.rmtree(Path(choice.source).parent if Path(choice.source).is_file() else choice.source)  # deleted elsewhere
     next(b for b in at.button if b.label == "Start training").click().run()
     assert "is no longer there" in at.warning[0].value and not studio.list_runs(include_demos=False)
+
+
+def test_a_job_killed_from_outside_says_it_was_killed(runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQGAN_CACHE_DIR", str(tmp_path / "empty-cache"))  # the built-in melodies parse for a while
+    run = RunDir(runs_dir / "killed")
+    state = jobs.start(run, ["--corpus", "builtin:melodies", "--mle-epochs", "1"])
+    os.kill(state.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    state = jobs.wait(run, ("failed", "stopped", "finished"))
+    assert state.state == "failed" and state.message.startswith("the process was killed (SIGKILL, perhaps for lack "
+                                                                "of memory)"), state.message
 
 
 def test_a_bad_option_is_refused_before_anything_starts(runs_dir):
