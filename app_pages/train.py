@@ -18,12 +18,15 @@ with st.expander("Start a new run", expanded=not runs):
     choices = studio.corpus_choices()
     ids = [c.id for c in choices]
     wanted = st.session_state.get("train_corpus")
-    vanished = wanted is not None and wanted not in ids  # deleted since it was chosen: the box shows another
+    if wanted is not None and wanted not in ids:  # deleted since it was chosen: the box shows another one
+        st.session_state["train_corpus_gone"] = wanted  # until the user picks a corpus in the box
     corpus_id = st.selectbox("Corpus", ids, index=ids.index(wanted) if wanted in ids else 0,
-                             format_func=lambda i: next(c.label for c in choices if c.id == i))
+                             format_func=lambda i: next(c.label for c in choices if c.id == i),
+                             on_change=lambda: st.session_state.pop("train_corpus_gone", None))
     st.session_state["train_corpus"] = corpus_id
+    vanished = st.session_state.get("train_corpus_gone")
     if vanished:
-        st.warning(f"The corpus chosen before ({wanted}) is no longer there; choose the corpus to train on.",
+        st.warning(f"The corpus chosen before ({vanished}) is no longer there; choose the corpus to train on.",
                    icon=":material/warning:")
     kind = next(c.kind for c in choices if c.id == corpus_id)
     preset = st.radio("Preset", list(studio.PRESETS), format_func=lambda p: studio.PRESETS[p].label,

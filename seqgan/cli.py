@@ -239,7 +239,7 @@ def cmd_train(args) -> int:
                 print(fields, flush=True)
             except BrokenPipeError:  # the reader of our output is gone (a `| tee` stopped): log.txt has it all
                 args.quiet = True
-                sys.stdout = open(os.devnull, "w")
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and the failed write drains there
 
     trainer = Trainer(config, train, run, evaluate, show, kind=task["kind"], extra={"task": task},
                       tokenizer=tokenizer.to_bytes() if tokenizer is not None else None, dist=dist, heldout=heldout)
@@ -270,7 +270,10 @@ def cmd_train(args) -> int:
         raise
     dist.close()
     if dist.is_main:
-        print(f"{state}: {run.path}", flush=True)
+        try:
+            print(f"{state}: {run.path}", flush=True)
+        except BrokenPipeError:  # the reader of our output is gone; the run is saved, its status written
+            pass
     if dist.distributed:
         dist.exit(0)
     return 1 if state == "stopped" else 0  # as the other long commands: `seqgan train ... && next` stops here

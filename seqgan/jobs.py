@@ -31,6 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .errors import SeqGANError
 from .runs import RunDir
@@ -75,7 +76,8 @@ def process_alive(pid: int | None, run: RunDir) -> bool:
     if child is not None:  # started by this app: unreaped, its pid cannot be another process's
         if child.poll() is None:
             return _names_run([str(arg).encode() for arg in child.args], os.getcwd(), run)
-        _ended[pid] = _children.pop(pid).returncode
+        _children.pop(pid, None)  # (two sessions' threads may both get here)
+        _ended[pid] = child.returncode
         return False
     try:
         os.kill(pid, 0)
@@ -181,7 +183,9 @@ def job_state(run: RunDir) -> JobState:
         error = _error_line(run) if fresh else None
         if error:  # it ended on an error it could not even record (the disk full: status.json not rewritten)
             return made("failed", error)
-        return made("interrupted", "the process ended without saving; resume continues from the last checkpoint")
+        killed = " (killed: SIGKILL, perhaps for lack of memory)" if _ended.get(pid, 0) == -signal.SIGKILL else ""
+        return made("interrupted", f"the process ended without saving{killed}; resume continues from the last "
+                                   f"checkpoint")
     if recorded == "failed":
         return made("failed", status.get("error") or _error_from_output(run))
     return made(recorded)
@@ -287,8 +291,9 @@ def free_device(root: Path | None = None, wanted: str = "auto") -> str:
 
 
 def start(run: RunDir, args: list[str] | tuple = (), *, threads: int = 1, device: str = "auto",
-          resume: bool = False, meta: dict | None = None) -> JobState:
-    """Start (or with ``resume`` continue) the run in the background on a free device."""
+          resume: bool = False, meta: dict | None = None, before: Callable[[], None] | None = None) -> JobState:
+    """Start (or with ``resume`` continue) the run in the background on a free device. ``before`` runs once the
+    start is certain (the run idle, a device free), just before the process starts."""
     root = run.path.parent
     with _jobs_lock(root):
         current = job_state(run)
@@ -302,6 +307,8 @@ def start(run: RunDir, args: list[str] | tuple = (), *, threads: int = 1, device
         if not resume and run.config.is_file():
             raise JobError(f"run {run.name} already exists; resume it or start a new run")
         slot = free_device(root, device)
+        if before is not None:
+            before()
         run.path.mkdir(parents=True, exist_ok=True)
         command = train_command(run, threads=threads, resume=resume, args=list(args) + ["--device", slot])
         env = dict(os.environ, SEQGAN_THREADS=str(threads), OMP_NUM_THREADS=str(threads),

@@ -398,8 +398,8 @@ def start_training(choice_id: str, preset: str, options: dict, *, threads: int =
         jobs.start(run, args, threads=threads, device=device,
                    meta={"preset": preset, "corpus": choice.label, "corpus_id": choice.id})
     except BaseException:
-        if run.path.is_dir() and not any(run.path.iterdir()):  # refused (the device busy): leave no empty folder
-            run.path.rmdir()
+        if not run.job.is_file():  # refused (the device busy) or failed to start: leave no folder behind
+            shutil.rmtree(run.path, ignore_errors=True)
         raise
     return run_id
 
@@ -412,12 +412,18 @@ def resume_training(run_id: str, threads: int | None = None) -> None:
     """Continue a stopped run from latest.pt, or without one start it again (its earlier events go at once, so
     the page does not show the old attempt's progress while the job prepares)."""
     info = _user_run(run_id)
-    info.run.check_trainable()  # before its events go
-    if not info.run.checkpoint("latest").is_file():
-        info.run.truncate_events(-1)
+    if not info.resumable:
+        info.run.check_trainable()  # an exported run says why
+        raise SeqGANError(f"run {run_id} is {info.state.state}: it cannot be resumed now")
+
+    def forget_the_old_attempt():  # only once the start is certain: a refused start keeps the events
+        if not info.run.checkpoint("latest").is_file():
+            info.run.truncate_events(-1)
+
     job = jobs.read_job(info.run) or {}
     device = "cpu" if job.get("device") == "cpu" else "auto"  # a GPU run continues on any free GPU
-    jobs.start(info.run, threads=threads or job.get("threads", default_threads()), device=device, resume=True)
+    jobs.start(info.run, threads=threads or job.get("threads", default_threads()), device=device, resume=True,
+               before=forget_the_old_attempt)
 
 
 def _user_run(run_id: str) -> "RunInfo":
@@ -547,7 +553,8 @@ def run_progress(info: RunInfo) -> RunProgress:
     """Where the run is in its schedule, and an estimate of the time left from the units' measured times."""
     try:
         return _run_progress(info)
-    except (KeyError, TypeError, ValueError, IndexError):  # files edited by hand or by another version
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, AttributeError, OSError):
+        # files edited by hand or by another version, or unreadable
         return RunProgress(0.0, 0, 0, "unknown", 0, 0, 0.0, None, "its status or events could not be read")
 
 
@@ -581,10 +588,12 @@ def _run_progress(info: RunInfo) -> RunProgress:
     remaining = [p for p, _ in schedule[done:]]
     untimed = [p for p in PHASE_LABELS if p in remaining and p not in seconds]
     # A phase not timed yet takes its floating-point work at the share of the peak the run has reached so far.
-    peak, num_train = info.status.get("peak_flops"), _line_count(info.run.train_data)
-    guessed = {p: flops.unit(config, p, num_train) / (peak * mfu) for p in untimed} \
-        if untimed and mfu and peak and num_train else {}
-    if not remaining:
+    peak = info.status.get("peak_flops")
+    num_train = _line_count(info.run.train_data) if untimed and mfu and peak else 0
+    guessed = {p: flops.unit(config, p, num_train) / (peak * mfu) for p in untimed} if num_train else {}
+    if not schedule and done < units:  # a config.json this version cannot read: nothing to count from
+        eta = None
+    elif not remaining:
         eta = 0.0
     elif len(untimed) == len(set(remaining)) and not guessed:
         eta = None  # known once the first unit of the phase has run
@@ -595,7 +604,8 @@ def _run_progress(info: RunInfo) -> RunProgress:
     note = "" if not untimed else (f"{phases} estimated from their work" if guessed else
                                    f"not counting {phases} (not timed yet)")
     elapsed = sum(sum(v) for v in seconds.values())
-    return RunProgress(done / units if units else 0.0, done, units, phase, step, phase_total, elapsed, eta, note, mfu)
+    fraction = 1.0 if phase == "done" else done / units if units else 0.0
+    return RunProgress(fraction, done, units, phase, step, phase_total, elapsed, eta, note, mfu)
 
 
 def _line_count(path: Path) -> int:
@@ -621,7 +631,8 @@ def progress_line(progress: RunProgress) -> str:
         return "not started: the job ended before it had read its data (delete the run and start a new one)"
     if progress.phase == "done":
         return f"done: {progress.units} units in {format_seconds(progress.elapsed)}"
-    return (f"{PHASE_LABELS.get(progress.phase, progress.phase)}: {progress.step}/{progress.phase_total} · "
+    where = f"{progress.step}/{progress.phase_total} · " if progress.phase_total else ""  # unknown without a schedule
+    return (f"{PHASE_LABELS.get(progress.phase, progress.phase)}: {where}"
             f"unit {progress.unit} of {progress.units} · time left {format_seconds(progress.eta_seconds)}"
             + (f" ({progress.eta_note})" if progress.eta_note else "")
             + (f" · {flops.percent(progress.mfu)} of the device's matmul peak" if progress.mfu is not None else ""))

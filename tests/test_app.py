@@ -317,8 +317,9 @@ def test_runs_with_a_config_this_version_cannot_read_or_no_units_do_not_break_th
     at = open_page("train", run=odd.name)
     assert odd.name in texts(at)
     assert studio.progress_line(studio.run_progress(studio.get_run(odd.name))).startswith(
-        "MLE pre-training of the generator: 1/0 · unit 1 of 5")
-    assert studio.progress_line(studio.run_progress(studio.get_run(empty.name))).startswith("done: 0 units in ")
+        "MLE pre-training of the generator: unit 1 of 5 · time left unknown")
+    progress = studio.run_progress(studio.get_run(empty.name))
+    assert studio.progress_line(progress).startswith("done: 0 units in ") and progress.fraction == 1.0
 
 
 def test_train_page_follows_a_smoke_run_to_the_end(runs_dir):
@@ -376,6 +377,21 @@ def test_a_failed_run_can_be_tried_again_and_a_full_disk_is_a_failure_not_an_int
     assert any(b.label == "Resume" for b in at.button)  # tried again once the cause is mended
     run.output.write_text("--- 2026-11-25 06:00:00 -m seqgan train\nunit 3\n")  # killed: no error printed
     assert studio.get_run(run.name).state.state == "interrupted"
+    # Start again (no latest.pt) while another run holds the machine's one slot: refused, its record kept
+    run.write_json(run.status, {**run.read_status(), "state": "failed", "error": "x"})
+    run.checkpoint("latest").unlink()
+    events = run.events()
+    busy = RunDir(runs_dir / "busy").create()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(busy.path)])
+    try:
+        busy.write_json(busy.job, {"pid": holder.pid, "device": "cpu", "started": time.time(), "command": []})
+        if jobs.device_slots() == ["cpu"]:
+            with pytest.raises(SeqGANError, match="already"):
+                studio.resume_training(run.name)
+            assert run.events() == events and len(events) > 1
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(runs_dir):
@@ -389,6 +405,8 @@ def test_a_corpus_deleted_after_it_was_chosen_is_not_silently_replaced(runs_dir)
     at.selectbox[0].set_value(choice.id).run()
     shutil.rmtree(Path(choice.source).parent if Path(choice.source).is_file() else choice.source)  # deleted elsewhere
     next(b for b in at.button if b.label == "Start training").click().run()
+    assert "is no longer there" in at.warning[0].value and not studio.list_runs(include_demos=False)
+    next(b for b in at.button if b.label == "Start training").click().run()  # still not: nothing was chosen
     assert "is no longer there" in at.warning[0].value and not studio.list_runs(include_demos=False)
 
 
