@@ -235,7 +235,7 @@ def main():
             return step
         return make
 
-    rollout_rows = B * T + N * B * (T - 1) * (T - 2) // 2  # flops.generator_pg_step's count
+    rollout_rows = flops.rollout_rows(B, T, N)
     d_shared = flops.discriminator_completion(T, D.embedding.embedding_dim, D.filter_sizes, D.num_filters)
     print(f"D forward per sequence: {d_flops / 1e6:.1f} MFLOP; per rollout completion with prefix windows "
           f"shared: {d_shared / 1e6:.1f} MFLOP")

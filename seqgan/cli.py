@@ -286,7 +286,6 @@ def cmd_sample(args) -> int:
     """Token ids, one sequence a line; decoded text for text checkpoints; MIDI files for melodies (--midi)."""
     from .checkpoint import generator_from_bundle, load_bundle, tokenizer_bytes
     from .corpus import checkpoint_seq_len, tokenizer_from_bytes
-
     from .train import MAX_SEED
 
     if not 0 <= args.seed <= MAX_SEED:

@@ -66,15 +66,19 @@ def discriminator_round(config, num_train: int) -> float:
     return config.num_negatives * config.seq_len * step + config.d_epochs * 3 * (tokens // batch * batch) * d
 
 
+def rollout_rows(batch: int, seq_len: int, rollouts: int) -> int:
+    """Generator steps (rows times steps) of one rollout: one teacher-forced pass over the batch gives every
+    prefix's state and its first drawn token, then completing a t-token prefix takes T - t - 1 more steps
+    (``rollout.batched_rollout``)."""
+    return batch * seq_len + rollouts * batch * (seq_len - 1) * (seq_len - 2) // 2
+
+
 def generator_pg_step(config) -> float:
     """A batch sampled, every prefix completed ``rollouts`` times, the completions scored by the discriminator
     (when it gives the rewards), and the weighted likelihood's forward and backward."""
     step, d = _sizes(config)
     B, T, N = config.batch_size, config.seq_len, config.rollouts
-    # The rollout: one teacher-forced pass over the batch gives every prefix's state and its first drawn token,
-    # then the completion of a t-token prefix takes T - t - 1 more steps (``rollout.batched_rollout``).
-    rollout_rows = B * T + N * B * (T - 1) * (T - 2) // 2
-    work = B * T * step + rollout_rows * step + 3 * B * T * step  # sampling, rollout, the weighted likelihood
+    work = (B * T + rollout_rows(B, T, N) + 3 * B * T) * step  # sampling, rollout, the weighted likelihood
     if config.reward == "discriminator":
         shared = discriminator_completion(T, config.d_emb_dim, config.d_filter_sizes, config.d_num_filters)
         work += N * B * (T - 1) * shared + 2 * B * d  # completions; whole sequences and their prefix windows

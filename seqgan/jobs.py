@@ -153,7 +153,7 @@ def job_state(run: RunDir) -> JobState:
     pid = job.get("pid") or status.get("pid")
     alive = process_alive(pid, run)
     if not alive:  # another process may train it: a terminal's seqgan train --resume holds the run's .lock
-        holder = _lock_holder(run)
+        holder = run.lock_holder()
         if holder not in (None, pid) and process_alive(holder, run):
             pid, alive, job = holder, True, {}
     device = job.get("device") or status.get("device")  # a run started from a terminal has no job.json
@@ -189,16 +189,6 @@ def job_state(run: RunDir) -> JobState:
     if recorded == "failed":
         return made("failed", status.get("error") or _error_from_output(run))
     return made(recorded)
-
-
-def _lock_holder(run: RunDir) -> int | None:
-    """The pid written into the run's .lock by the process that claimed it (``RunDir.claim``): read, never
-    locked here, as a probe could make a trainer's claim fail at that instant."""
-    try:
-        text = (run.path / ".lock").read_text()[:32].strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def _latest_attempt_output(run: RunDir, lines: int) -> list[str]:

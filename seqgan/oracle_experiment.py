@@ -31,7 +31,7 @@ from .errors import ConfigError, InputError
 from .oracle import (PAPER_SEQ_LEN, PAPER_VOCAB, load_oracle, nll_under, oracle_arrays, oracle_evaluator,
                      random_oracle, write_task)
 from .runs import RunDir
-from .train import TrainConfig, Trainer, resolve_d_scale, resolve_device, run_to_end
+from .train import TrainConfig, Trainer, resolve_d_scale, resolve_device, run_to_end, settings_differ
 
 MODELS = ("Random", "MLE", "SS", "PG-BLEU", "SeqGAN")
 PAPER_TABLE1 = {"Random": 10.310, "MLE": 9.038, "SS": 8.985, "PG-BLEU": 8.946, "SeqGAN": 8.736}
@@ -198,9 +198,7 @@ def summarize(summaries: list[dict]) -> dict:
     return table
 
 
-def _settings_differ(a: dict, b: dict) -> list[str]:
-    """The training settings in which two saved configurations differ (not the seed or the device)."""
-    return sorted(k for k in set(a) | set(b) if k not in ("seed", "device") and a.get(k) != b.get(k))
+SEED_AND_DEVICE = ("seed", "device")  # what seeds of one table may differ in (a table is of one setting)
 
 
 def markdown_table(table: dict, preset: str, seeds: list[int], paper_oracle: bool | None = True,
@@ -282,19 +280,20 @@ def write_report(out_dir: str | Path, seeds: list[int]) -> dict:
     summaries = [seed_summary(out_dir / f"seed{seed}") for seed in seeds]
     first = summaries[0]
     for other in summaries[1:]:  # a mean over seeds is of one setting
-        differ = _settings_differ(first["config"], other["config"])
+        differ = settings_differ(TrainConfig.from_dict(first["config"]), other["config"], SEED_AND_DEVICE)
         if differ or other["preset"] != first["preset"] or other["models"] != first["models"]:
             raise InputError(out_dir / f"seed{other['seed']}",
                              f"seed {other['seed']} was trained with other settings than seed {first['seed']} "
                              f"({', '.join(differ) or 'preset or models'}): one table averages one setting; keep "
                              f"each setting in its own --out folder")
     preset = first["preset"]
-    changed = _settings_differ(preset_config(preset, first["seed"])[0].to_dict(), first["config"])
+    changed = settings_differ(preset_config(preset, first["seed"])[0], first["config"], SEED_AND_DEVICE)
     table = summarize(summaries)
     tasks = [out_dir / f"seed{seed}" / "task.json" for seed in seeds]  # folders from before task.json have none
     paper_oracle = None if not all(t.is_file() for t in tasks) else \
         all(json.loads(t.read_text()).get("oracle_sha256") == PAPER_ORACLE_SHA256 for t in tasks)
-    overrides = [f"{key}={first['config'][key]}" for key in changed]
+    saved = TrainConfig.from_dict(first["config"]).to_dict()  # (a key older folders lack has its old default)
+    overrides = [f"{key}={saved[key]}" for key in changed]
     (out_dir / "table1.md").write_text(markdown_table(table, preset, seeds, paper_oracle, overrides))
     (out_dir / "table1.json").write_text(json.dumps({"preset": preset, "seeds": seeds, "table": table}, indent=1))
     plot_curves(summaries, out_dir / "figure2.png")

@@ -118,7 +118,7 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
 
         tokenizer_data = (run.path / "tokenizer.bin").read_bytes()
         tokenizer = tokenizer_from_bytes(tokenizer_data)
-        train = read_token_file(run.path / "train.txt", config.vocab_size)
+        train = read_token_file(run.train_data, config.vocab_size)
         heldout = read_token_file(run.path / "heldout.txt", config.vocab_size)
         evaluator = corpus_evaluator(tokenizer, heldout, config.seq_len, config.eval_samples)
         trainer = Trainer(config, train, run, evaluator, progress, kind=tokenizer.kind, tokenizer=tokenizer_data,
@@ -139,7 +139,7 @@ def run_seed(task: str, preset: str, seed: int, out_dir: Path, corpus_source: st
 def score_run(run: RunDir, config: TrainConfig, final_samples: int, seed: int) -> dict:
     """MLE (mle.pt), SeqGAN (seqgan.pt) and real training data, scored the same way against the held-out set."""
     tokenizer = tokenizer_from_bytes((run.path / "tokenizer.bin").read_bytes())
-    train = read_token_file(run.path / "train.txt", config.vocab_size)
+    train = read_token_file(run.train_data, config.vocab_size)
     heldout = read_token_file(run.path / "heldout.txt", config.vocab_size)
     scorer = SampleScorer(tokenizer, heldout)
     eos = tokenizer.eos_id if tokenizer.kind == "text" else None

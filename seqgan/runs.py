@@ -50,6 +50,7 @@ class RunDir:
         self.job = self.path / "job.json"
         self.output = self.path / "output.txt"
         self.train_data = self.path / "train.txt"
+        self.lock = self.path / ".lock"
 
     @property
     def name(self) -> str:
@@ -89,7 +90,7 @@ class RunDir:
         yet, or the file system has no flock, nothing is locked.
         """
         try:
-            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:
             return self
         key = self.path.resolve()
@@ -102,9 +103,9 @@ class RunDir:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
-            raise RunInUse(f"{self.path}: another process{f' (pid {holder})' if holder.isdigit() else ''} is "
+            holder = self.lock_holder()
+            raise RunInUse(f"{self.path}: another process{f' (pid {holder})' if holder else ''} is "
                            f"training this run; wait for it to end or stop it first") from None
         except OSError:
             os.close(fd)
@@ -116,6 +117,16 @@ class RunDir:
             pass
         _claimed[key] = fd
         return self
+
+    def lock_holder(self) -> int | None:
+        """The pid ``claim`` wrote into .lock (read, never locked: a probe could make a claim fail at that
+        instant); None when there is none. It may be stale: whether that process still runs is the caller's
+        question."""
+        try:
+            text = self.lock.read_text()[:32].strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
 
     def check_trainable(self) -> None:
         """Refuse, before anything changes, a run that cannot continue training: an exported one has no

@@ -588,9 +588,9 @@ def _run_progress(info: RunInfo) -> RunProgress:
     remaining = [p for p, _ in schedule[done:]]
     untimed = [p for p in PHASE_LABELS if p in remaining and p not in seconds]
     # A phase not timed yet takes its floating-point work at the share of the peak the run has reached so far.
-    peak = info.status.get("peak_flops")
-    num_train = _line_count(info.run.train_data) if untimed and mfu and peak else 0
-    guessed = {p: flops.unit(config, p, num_train) / (peak * mfu) for p in untimed} if num_train else {}
+    peak, num_train = info.status.get("peak_flops"), info.status.get("train_sequences")
+    guessed = {p: flops.unit(config, p, num_train) / (peak * mfu) for p in untimed} \
+        if untimed and mfu and peak and num_train else {}
     if not schedule and done < units:  # a config.json this version cannot read: nothing to count from
         eta = None
     elif not remaining:
@@ -606,21 +606,6 @@ def _run_progress(info: RunInfo) -> RunProgress:
     elapsed = sum(sum(v) for v in seconds.values())
     fraction = 1.0 if phase == "done" else done / units if units else 0.0
     return RunProgress(fraction, done, units, phase, step, phase_total, elapsed, eta, note, mfu)
-
-
-def _line_count(path: Path) -> int:
-    """Lines of a run's train.txt (its training sequences), 0 when there is none; read again only when it changes."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return 0
-    return _counted_lines(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _counted_lines(path: str, mtime_ns: int, size: int) -> int:
-    with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def progress_line(progress: RunProgress) -> str:
@@ -916,9 +901,10 @@ def models_of(source_id: str) -> list[ModelRef]:
 
 
 def _checkpoint_unit(path: Path) -> int | None:
-    """The number of units of the schedule a checkpoint had trained (None when it cannot be read)."""
+    """The number of units of the schedule a checkpoint had trained (None when it cannot be read); from the
+    cached model that Compare samples from, so the file is read once."""
     try:
-        return int(load_bundle(path)["position"]["unit"])
+        return int(load_model(path).position["unit"])
     except (SeqGANError, KeyError, TypeError, ValueError):
         return None
 

@@ -260,12 +260,11 @@ class TrainConfig:
                 + [("adversarial", i) for i in range(self.adv_iters)])
 
 
-def settings_differ(config: TrainConfig, saved: dict) -> list[str]:
-    """The training settings in which a checkpoint's configuration ``saved`` differs from ``config`` (where a run
-    trains and how often it saves may differ: they do not change what it computes)."""
+def settings_differ(config: TrainConfig, saved: dict, ignored=("device", "checkpoint_seconds")) -> list[str]:
+    """The training settings in which a checkpoint's configuration ``saved`` differs from ``config``, but for the
+    ``ignored`` ones (by default where a run trains and how often it saves: they do not change what it computes)."""
     ours, theirs = config.to_dict(), TrainConfig.from_dict(saved).to_dict()
-    return sorted(k for k in ours.keys() | theirs.keys()
-                  if k not in ("device", "checkpoint_seconds") and ours.get(k) != theirs.get(k))
+    return sorted(k for k in ours.keys() | theirs.keys() if k not in ignored and ours.get(k) != theirs.get(k))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -730,7 +729,7 @@ class Trainer:
         c = self.config
         if self.peak_flops is None:
             self.peak_flops = flops.matmul_peak(self.device)
-        self._status("running", peak_flops=self.peak_flops * self.dist.world_size)
+        self._status("running", peak_flops=self.peak_flops * self.dist.world_size, train_sequences=len(self.data))
         if self.unit == 0:
             self.emit({"unit": -1, "phase": "init", "step": 0, "total": 0, **self.evaluate("init")})
         while self.unit < len(self.schedule):
